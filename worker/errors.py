@@ -1,0 +1,56 @@
+"""The worker's exception tree. Expected outcomes (a refused reservation, a rejected
+job) are return values; exceptions are for broken things.
+
+    BudgetWorkerError            base; ``retryable`` says whether trying again may help
+    +-- ConfigError              bad settings or model list (not retryable: fix and restart)
+    +-- LedgerUnavailable        Redis unreachable or timed out (retryable)
+    +-- LedgerError              a script answered something impossible (not retryable)
+    +-- ProviderError            a model call failed
+        +-- RetryableProviderError   429, 5xx, timeouts, connection errors
+        +-- PermanentProviderError   400, auth, context length, unknown model at provider
+
+Foreign exceptions (redis, litellm, aiokafka) are translated once, at the boundary
+module that imports that library, into the most specific class here.
+"""
+
+from __future__ import annotations
+
+
+class BudgetWorkerError(Exception):
+    """Base of every error the worker raises on purpose."""
+
+    retryable: bool = False
+
+
+class ConfigError(BudgetWorkerError):
+    """The settings or the model list are wrong; the message says which and how."""
+
+
+class LedgerUnavailable(BudgetWorkerError):
+    """Redis could not be reached in time; no money moved (fail closed)."""
+
+    retryable = True
+
+
+class LedgerError(BudgetWorkerError):
+    """The ledger answered something the protocol does not allow."""
+
+
+class ProviderError(BudgetWorkerError):
+    """A model call failed. ``error_type`` is a stable short name for events and metrics;
+    the message never holds prompt text or secrets."""
+
+    def __init__(self, error_type: str, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.status_code = status_code
+
+
+class RetryableProviderError(ProviderError):
+    """Trying again later may succeed (429, 5xx, timeout, connection reset)."""
+
+    retryable = True
+
+
+class PermanentProviderError(ProviderError):
+    """Trying again cannot succeed (bad request, auth, context window)."""

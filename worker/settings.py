@@ -1,0 +1,115 @@
+"""Every setting of the worker, read from the environment (prefix ``BW_``) in one place.
+
+Settings are built once at start-up (``Settings()``) and passed down; no other module
+reads ``os.environ``. A ``.env`` file in the working directory is read too; real
+environment variables win over it, and CLI flags win over both.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BudgetPeriod = Literal["daily", "weekly", "monthly", "yearly", "none"]
+AdmissionPolicy = Literal["reject", "clamp"]
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """The worker's configuration. Field ``x`` is read from ``BW_X``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BW_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # --- Kafka -------------------------------------------------------------------
+    kafka_bootstrap: str = "localhost:9092"
+    jobs_topic: str = "llm.jobs"
+    results_topic: str = "llm.results"
+    dlq_topic: str = "llm.jobs.dlq"
+    group_id: str = "budget-worker"
+    reply_to_pattern: str = Field(
+        default=r"^llm\.results(\.[A-Za-z0-9_-]{1,100})?$",
+        description="Regex a job's reply_to topic must match (full match); others are invalid_job.",
+    )
+    kafka_security_protocol: KafkaSecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_check_hostname: bool = True
+    kafka_request_timeout_ms: int = Field(default=30_000, gt=0)
+    kafka_fetch_max_wait_ms: int = Field(
+        default=100, ge=0, description="How long a fetch waits for data; bounds idle latency."
+    )
+    kafka_linger_ms: int = Field(default=0, ge=0, description="Producer batching delay.")
+
+    # --- Redis -------------------------------------------------------------------
+    redis_url: str = "redis://localhost:6379/0"
+    redis_cluster: bool = False
+    redis_max_connections: int = Field(default=256, gt=0)
+    redis_timeout_s: float = Field(default=2.0, gt=0)
+
+    # --- Models and money ---------------------------------------------------------
+    models_file: Path | None = None
+    default_max_tokens: int = Field(default=1024, gt=0)
+    admission_policy: AdmissionPolicy = "reject"
+    clamp_min_tokens: int = Field(
+        default=16, gt=0, description="clamp: refuse rather than allow fewer output tokens."
+    )
+    default_budget_usd: Decimal | None = Field(default=None, ge=0)
+    default_budget_period: BudgetPeriod = "daily"
+
+    # --- Worker ------------------------------------------------------------------
+    worker_id: str = Field(default_factory=_default_worker_id)
+    max_in_flight: int = Field(default=64, gt=0)
+    lease_ms: int = Field(default=60_000, gt=0, description="How long a reservation lives.")
+    model_timeout_s: float = Field(default=60.0, gt=0)
+    model_max_retries: int = Field(default=2, ge=0)
+    retry_backoff_s: float = Field(default=0.5, ge=0)
+    retry_backoff_max_s: float = Field(default=8.0, ge=0)
+    rate_limit_max_wait_s: float = Field(
+        default=30.0, ge=0, description="Upper bound on a job's max_wait_s."
+    )
+    drain_timeout_s: float = Field(default=10.0, ge=0, description="Rebalance drain bound.")
+    shutdown_grace_s: float = Field(default=25.0, ge=0)
+    outcome_ttl_s: int = Field(default=7 * 86_400, gt=0, description="Charge markers kept.")
+    redis_retry_s: float = Field(default=1.0, gt=0, description="Pause between Redis probes.")
+
+    # --- Input limits --------------------------------------------------------------
+    max_job_bytes: int = Field(default=1_048_576, gt=0)
+    max_messages: int = Field(default=256, gt=0)
+    max_prompt_chars: int = Field(default=400_000, gt=0)
+
+    # --- Observability -------------------------------------------------------------
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"
+    log_level: str = "INFO"
+    log_json: bool = True
+    debug_log_prompts: bool = Field(
+        default=False, description="Log prompt and response text. Never in production."
+    )
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name at least one host:port")
+        return value
