@@ -54,9 +54,7 @@ async def test_job_json_round_trips_through_tansu_in_a_consumer_group(
 async def test_lua_script_round_trips_on_the_test_redis(redis_url: str) -> None:
     client = aioredis.Redis.from_url(redis_url)
     try:
-        script = client.register_script(
-            "return redis.call('INCRBY', KEYS[1], ARGV[1])"
-        )
+        script = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
         # 300,000,000 is a multiple of 100,000,000: the Redis 7.2 INCRBY edge.
         assert await script(keys=["n"], args=["300000000"]) == 300_000_000
         assert await script(keys=["n"], args=["1"]) == 300_000_001

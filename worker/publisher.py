@@ -1,0 +1,79 @@
+"""Terminal events and dead-letter records to Kafka, each acknowledged before the job
+counts as done (the consumer commits an offset only after its event is acked).
+
+No idempotent producer: some brokers (Tansu) lack it, and the design does not need
+it: a duplicate event is harmless because consumers de-duplicate on ``job_id``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaProducer
+
+from worker.connections import kafka_options
+from worker.settings import Settings
+
+MAX_HEADER_CHARS = 1000
+
+
+class Publisher(Protocol):
+    async def publish(self, topic: str, key: bytes, value: bytes) -> None: ...
+
+    async def dead_letter(
+        self,
+        key: bytes | None,
+        value: bytes,
+        *,
+        error_type: str,
+        error_message: str,
+        source_topic: str,
+        source_partition: int,
+        source_offset: int,
+    ) -> None: ...
+
+
+class KafkaPublisher:
+    """Publishes with acks=all and waits for the broker's acknowledgement."""
+
+    def __init__(self, settings: Settings, **overrides: Any) -> None:
+        self._dlq_topic = settings.dlq_topic
+        options = kafka_options(settings)
+        options.update(
+            acks="all",
+            linger_ms=settings.kafka_linger_ms,
+            enable_idempotence=False,
+            max_request_size=max(settings.max_job_bytes * 2, 1_048_576),
+        )
+        options.update(overrides)
+        self._producer = AIOKafkaProducer(**options)
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def publish(self, topic: str, key: bytes, value: bytes) -> None:
+        await self._producer.send_and_wait(topic, value, key=key)
+
+    async def dead_letter(
+        self,
+        key: bytes | None,
+        value: bytes,
+        *,
+        error_type: str,
+        error_message: str,
+        source_topic: str,
+        source_partition: int,
+        source_offset: int,
+    ) -> None:
+        """The original bytes, untouched, with the contract's error headers."""
+        headers = [
+            ("error.type", error_type.encode()),
+            ("error.message", error_message[:MAX_HEADER_CHARS].encode("utf-8", "replace")),
+            ("source.topic", source_topic.encode()),
+            ("source.partition", str(source_partition).encode()),
+            ("source.offset", str(source_offset).encode()),
+        ]
+        await self._producer.send_and_wait(self._dlq_topic, value, key=key, headers=headers)
