@@ -1,0 +1,453 @@
+"""Provider.complete through litellm.acompletion over real HTTP to the fake provider:
+responses and usage, bounded retries, error translation and redaction."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+
+from worker.errors import PermanentProviderError, ProviderError, RetryableProviderError
+from worker.fake_provider import FakeProviderConfig, FakeProviderServer, start_fake_provider
+from worker.models import ModelEntry, load_models
+from worker.prices import ModelPrice
+from worker.provider import (
+    Completion,
+    Provider,
+    attempts_of,
+    cost_map_price,
+    litellm,  # imported through worker.provider, which keeps it offline
+    redact,
+    translate_error,
+)
+
+DATA = Path(__file__).parent / "data"
+SECRET = "sk-live-SECRET123"
+PROMPT = [{"role": "user", "content": f"Please keep this private: {SECRET} and my diary."}]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeProviderServer]:
+    server = await start_fake_provider(FakeProviderConfig(output_tokens=12, retry_after_s=0))
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def entry_for(url: str, *, api_key: str = "sk-fake", name: str = "gpt-4o-mini") -> ModelEntry:
+    models = load_models(DATA / "models.yaml", {"BW_TEST_FAKE_API_BASE": url}, cost_map_price)
+    entry = models.get(name)
+    assert entry is not None
+    return ModelEntry(
+        name=entry.name,
+        litellm_params={**entry.litellm_params, "api_key": api_key},
+        price=entry.price,
+        max_output_tokens=entry.max_output_tokens,
+        tokenizer_family=entry.tokenizer_family,
+    )
+
+
+def provider(max_retries: int = 2, *, timeout_s: float = 10.0) -> Provider:
+    return Provider(timeout_s=timeout_s, max_retries=max_retries, backoff_s=0.0, backoff_max_s=5.0)
+
+
+class Hook:
+    """Records before_retry calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, float]] = []
+
+    async def __call__(self, attempt: int, delay_s: float) -> None:
+        self.calls.append((attempt, delay_s))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_complete_returns_the_response_and_the_providers_usage(
+    fake: FakeProviderServer,
+) -> None:
+    messages = [{"role": "user", "content": "Say hello."}]
+
+    completion = await provider().complete(entry_for(fake.url), messages, {}, 5)
+
+    assert isinstance(completion, Completion)
+    assert completion.attempts == 1
+    assert completion.completion_tokens == 5
+    assert completion.prompt_tokens == fake.stats.prompt_tokens_total > 0
+    response = completion.response
+    assert isinstance(response, dict)
+    assert response["object"] == "chat.completion"
+    assert response["choices"][0]["message"]["content"] == " hello" * 5
+    assert response["choices"][0]["finish_reason"] == "length"
+    assert response["usage"]["prompt_tokens"] == completion.prompt_tokens
+    assert response["usage"]["completion_tokens"] == 5
+
+
+async def test_cost_from_the_entry_price_matches_the_token_counts(
+    fake: FakeProviderServer,
+) -> None:
+    entry = entry_for(fake.url)
+    # gpt-4o-mini in litellm's map: 0.15 USD per 1M prompt tokens, 0.60 per 1M completion.
+    assert entry.price == ModelPrice(Decimal("0.00000015"), Decimal("0.0000006"))
+
+    completion = await provider().complete(entry, PROMPT, {}, 7)
+
+    cost_nanousd = entry.price.cost_nanousd(
+        completion.prompt_tokens, completion.completion_tokens, round_up=False
+    )
+    assert cost_nanousd == completion.prompt_tokens * 150 + completion.completion_tokens * 600
+
+
+async def test_job_params_reach_the_provider(fake: FakeProviderServer) -> None:
+    completion = await provider().complete(
+        entry_for(fake.url), PROMPT, {"n": 2, "temperature": 0.5}, 4
+    )
+
+    assert len(completion.response["choices"]) == 2
+    assert completion.completion_tokens == 8
+
+
+async def test_job_params_cannot_override_the_model_list(fake: FakeProviderServer) -> None:
+    hostile = {"api_base": f"http://127.0.0.1:{free_port()}/v1", "model": "openai/other"}
+
+    completion = await provider().complete(entry_for(fake.url), PROMPT, hostile, 4)
+
+    assert completion.attempts == 1
+    assert fake.stats.by_model == {"gpt-4o-mini": 1}
+
+
+async def test_429_storm_is_retried_max_retries_times_then_raised(
+    fake: FakeProviderServer,
+) -> None:
+    fake.update_config(rate_429=1.0)
+    hook = Hook()
+
+    with pytest.raises(RetryableProviderError) as caught:
+        await provider(max_retries=3).complete(
+            entry_for(fake.url), PROMPT, {}, 5, before_retry=hook
+        )
+
+    error = caught.value
+    assert error.error_type == "rate_limited"
+    assert error.status_code == 429
+    assert error.retryable
+    assert attempts_of(error) == 4
+    assert [attempt for attempt, _ in hook.calls] == [1, 2, 3]
+    assert fake.stats.requests_total == 4  # litellm and openai retried nothing themselves
+
+
+async def test_retry_after_of_a_429_sets_the_delay_capped(fake: FakeProviderServer) -> None:
+    fake.update_config(rate_429=1.0, retry_after_s=0.05)
+    hook = Hook()
+    with pytest.raises(RetryableProviderError):
+        await provider(max_retries=1).complete(
+            entry_for(fake.url), PROMPT, {}, 5, before_retry=hook
+        )
+    assert hook.calls == [(1, 0.05)]
+
+    fake.update_config(retry_after_s=60)
+    hook = Hook()
+    capped = Provider(timeout_s=10, max_retries=1, backoff_s=0, backoff_max_s=0.02)
+    with pytest.raises(RetryableProviderError):
+        await capped.complete(entry_for(fake.url), PROMPT, {}, 5, before_retry=hook)
+    assert hook.calls == [(1, 0.02)]
+
+
+async def test_500_is_retryable_server_error(fake: FakeProviderServer) -> None:
+    fake.update_config(error_rate=1.0)
+
+    with pytest.raises(RetryableProviderError) as caught:
+        await provider(max_retries=2).complete(entry_for(fake.url), PROMPT, {}, 5)
+
+    assert caught.value.error_type == "server_error"
+    assert caught.value.status_code == 500
+    assert attempts_of(caught.value) == 3
+    assert fake.stats.by_status == {500: 3}
+
+
+async def test_a_retry_that_succeeds_reports_its_attempts(fake: FakeProviderServer) -> None:
+    fake.update_config(error_rate=1.0)
+
+    async def heal(attempt: int, delay_s: float) -> None:
+        fake.update_config(error_rate=0.0)
+
+    completion = await provider().complete(entry_for(fake.url), PROMPT, {}, 5, before_retry=heal)
+
+    assert completion.attempts == 2
+    assert fake.stats.by_status == {500: 1, 200: 1}
+
+
+async def test_400_is_permanent_and_not_retried(fake: FakeProviderServer) -> None:
+    hook = Hook()
+
+    with pytest.raises(PermanentProviderError) as caught:
+        await provider(max_retries=3).complete(
+            entry_for(fake.url), PROMPT, {}, 2_000_000, before_retry=hook
+        )
+
+    assert caught.value.error_type == "bad_request"
+    assert caught.value.status_code == 400
+    assert attempts_of(caught.value) == 1
+    assert hook.calls == []
+    assert fake.stats.requests_total == 1
+
+
+async def test_a_stream_param_is_dropped_not_sent(fake: FakeProviderServer) -> None:
+    completion = await provider().complete(entry_for(fake.url), PROMPT, {"stream": True}, 3)
+
+    assert completion.completion_tokens == 3
+
+
+async def test_authentication_failure_is_permanent(fake: FakeProviderServer) -> None:
+    fake.update_config(api_key="sk-the-right-one")
+
+    with pytest.raises(PermanentProviderError) as caught:
+        await provider().complete(entry_for(fake.url, api_key=SECRET), PROMPT, {}, 5)
+
+    assert caught.value.error_type == "authentication_error"
+    assert caught.value.status_code == 401
+    assert attempts_of(caught.value) == 1
+
+
+async def test_refused_connection_is_a_retryable_connection_error() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    hook = Hook()
+
+    with pytest.raises(RetryableProviderError) as caught:
+        await provider(max_retries=1).complete(entry_for(url), PROMPT, {}, 5, before_retry=hook)
+
+    assert caught.value.error_type == "connection_error"
+    assert caught.value.status_code is None
+    assert attempts_of(caught.value) == 2
+    assert len(hook.calls) == 1
+
+
+async def test_slow_provider_is_a_retryable_timeout(fake: FakeProviderServer) -> None:
+    fake.update_config(latency_s=2.0)
+
+    with pytest.raises(RetryableProviderError) as caught:
+        await provider(max_retries=0, timeout_s=0.2).complete(entry_for(fake.url), PROMPT, {}, 5)
+
+    assert caught.value.error_type == "timeout"
+    assert caught.value.status_code is None
+    assert attempts_of(caught.value) == 1
+
+
+async def test_a_reply_trickled_byte_by_byte_still_ends_at_the_deadline() -> None:
+    # litellm's timeout applies per read; a provider sending a byte now and then would
+    # hold the call (and the reservation) indefinitely without the attempt's own deadline.
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        for _ in range(100):
+            await response.write(b" ")
+            await asyncio.sleep(0.1)
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", trickle)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(RetryableProviderError) as caught:
+            await provider(max_retries=0, timeout_s=0.3).complete(
+                entry_for(f"http://127.0.0.1:{port}/v1"), PROMPT, {}, 5
+            )
+        elapsed_s = time.monotonic() - started
+    finally:
+        await runner.cleanup()
+
+    assert caught.value.error_type == "timeout"
+    assert elapsed_s < 0.3 + 1.0 + 0.5
+
+
+async def test_a_models_own_timeout_overrides_the_default(fake: FakeProviderServer) -> None:
+    fake.update_config(latency_s=1.5)
+    base = entry_for(fake.url)
+    entry = ModelEntry(
+        name=base.name,
+        litellm_params={**base.litellm_params, "timeout": 0.2},
+        price=base.price,
+        max_output_tokens=None,
+        tokenizer_family=base.tokenizer_family,
+    )
+
+    started = time.monotonic()
+    with pytest.raises(RetryableProviderError) as caught:
+        await provider(max_retries=0, timeout_s=30).complete(entry, PROMPT, {}, 5)
+
+    assert caught.value.error_type == "timeout"
+    assert time.monotonic() - started < 1.4
+
+
+async def test_an_error_in_before_retry_stops_the_call(fake: FakeProviderServer) -> None:
+    fake.update_config(error_rate=1.0)
+
+    async def lease_lost(attempt: int, delay_s: float) -> None:
+        raise LookupError("lease lost")
+
+    with pytest.raises(LookupError):
+        await provider(max_retries=3).complete(
+            entry_for(fake.url), PROMPT, {}, 5, before_retry=lease_lost
+        )
+
+    assert fake.stats.requests_total == 1
+
+
+async def test_missing_usage_is_an_error_not_a_guess(fake: FakeProviderServer) -> None:
+    fake.update_config(omit_usage=True)
+
+    with pytest.raises(PermanentProviderError) as caught:
+        await provider().complete(entry_for(fake.url), PROMPT, {}, 5)
+
+    assert caught.value.error_type == "no_usage"
+    assert attempts_of(caught.value) == 1
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"rate_429": 1.0},
+        {"error_rate": 1.0},
+        {"api_key": "sk-the-right-one"},  # the fake's 401 echoes the key it was sent
+        {},  # with max_tokens too large: 400
+    ],
+)
+async def test_error_messages_hold_neither_the_key_nor_the_prompt(
+    fake: FakeProviderServer, fault: dict[str, Any]
+) -> None:
+    fake.update_config(**fault)
+
+    with pytest.raises(ProviderError) as caught:
+        await provider(max_retries=0).complete(
+            entry_for(fake.url, api_key=SECRET), PROMPT, {}, 2_000_000 if not fault else 5
+        )
+
+    text = f"{caught.value} {caught.value!r}"
+    assert "SECRET123" not in text
+    assert "diary" not in text
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
+
+
+def test_redact_removes_keys_bearer_tokens_and_known_secrets() -> None:
+    text = (
+        "Incorrect API key provided: sk-proj-abcDEF123. Authorization: Bearer eyJhbGciOi.x "
+        "api_key=hunter2hunter2 and the prompt was: my secret diary entry"
+    )
+
+    cleaned = redact(text, ["my secret diary entry"])
+
+    for leaked in ("sk-proj-abcDEF123", "eyJhbGciOi", "hunter2hunter2", "diary"):
+        assert leaked not in cleaned
+
+
+def test_redact_truncates_long_messages() -> None:
+    assert len(redact("x" * 10_000)) <= 300
+
+
+def litellm_response(status: int) -> httpx.Response:
+    return httpx.Response(status, request=httpx.Request("POST", "http://provider.invalid/v1"))
+
+
+@pytest.mark.parametrize(
+    ("exception", "error_type", "retryable"),
+    [
+        (
+            litellm.ContextWindowExceededError("too long", "gpt-4o-mini", "openai"),
+            "context_window_exceeded",
+            False,
+        ),
+        (litellm.BadRequestError("bad", "gpt-4o-mini", "openai"), "bad_request", False),
+        (
+            litellm.AuthenticationError("no", "openai", "gpt-4o-mini"),
+            "authentication_error",
+            False,
+        ),
+        (
+            litellm.PermissionDeniedError(
+                "no", "openai", "gpt-4o-mini", response=litellm_response(403)
+            ),
+            "permission_denied",
+            False,
+        ),
+        (litellm.NotFoundError("gone", "gpt-4o-mini", "openai"), "not_found", False),
+        (litellm.RateLimitError("slow down", "openai", "gpt-4o-mini"), "rate_limited", True),
+        (litellm.Timeout("late", "gpt-4o-mini", "openai"), "timeout", True),
+        (
+            litellm.APIConnectionError("reset", "openai", "gpt-4o-mini"),
+            "connection_error",
+            True,
+        ),
+        (
+            litellm.InternalServerError("boom", "openai", "gpt-4o-mini"),
+            "server_error",
+            True,
+        ),
+        (
+            litellm.ServiceUnavailableError("down", "openai", "gpt-4o-mini"),
+            "server_error",
+            True,
+        ),
+        (litellm.BadGatewayError("gateway", "openai", "gpt-4o-mini"), "server_error", True),
+        (
+            litellm.APIError(503, "upstream", "openai", "gpt-4o-mini"),
+            "server_error",
+            True,
+        ),
+        (litellm.APIError(418, "teapot", "openai", "gpt-4o-mini"), "provider_error", False),
+        (RuntimeError("something else"), "provider_error", False),
+    ],
+)
+def test_litellm_errors_translate_to_the_most_specific_worker_error(
+    exception: Exception, error_type: str, retryable: bool
+) -> None:
+    error = translate_error(exception)
+
+    assert error.error_type == error_type
+    assert error.retryable is retryable
+    assert isinstance(error, RetryableProviderError if retryable else PermanentProviderError)
+    assert type(exception).__name__ in str(error)
+
+
+def test_attempt_limit_is_the_models_timeout_plus_a_grace() -> None:
+    p = Provider(timeout_s=30, max_retries=0, backoff_s=0, backoff_max_s=0)
+    base = entry_for("http://127.0.0.1:9/v1")
+    own = ModelEntry(
+        name=base.name,
+        litellm_params={**base.litellm_params, "timeout": 5},
+        price=base.price,
+        max_output_tokens=None,
+        tokenizer_family=base.tokenizer_family,
+    )
+
+    assert p.attempt_limit_s() == p.attempt_limit_s(base) == 31.0
+    assert p.attempt_limit_s(own) == 6.0
+
+
+def test_backoff_grows_exponentially_with_bounded_jitter_and_a_cap() -> None:
+    p = Provider(timeout_s=1, max_retries=5, backoff_s=0.5, backoff_max_s=3.0)
+
+    for _ in range(50):
+        assert 0.5 <= p.retry_delay_s(1) <= 0.75
+        assert 1.0 <= p.retry_delay_s(2) <= 1.5
+        assert p.retry_delay_s(4) == 3.0
+    assert p.retry_delay_s(1, retry_after_s=2.0) == 2.0
+    assert p.retry_delay_s(1, retry_after_s=30.0) == 3.0

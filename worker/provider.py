@@ -1,0 +1,422 @@
+"""Model calls through ``litellm.acompletion``: timeouts, bounded retries, error translation.
+
+This is the only module that imports litellm. Importing it keeps litellm offline: the
+cost map is read from litellm's bundled copy and tiktoken from litellm's bundled BPE files
+(both set with ``setdefault`` before litellm is first imported, so an operator's explicit
+choice wins). litellm's own retries, Router, callbacks and debug banners are all off: the
+worker retries itself, so that it can extend its reservation's lease before each retry and
+report how many attempts a job took.
+
+litellm exceptions are translated here, once, into ``worker.errors``; the translated
+message is built from the exception's class, status code and a short, redacted provider
+message, never from the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import math
+import os
+import random
+import re
+import warnings
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from worker.errors import PermanentProviderError, ProviderError, RetryableProviderError
+from worker.prices import ModelPrice, to_price
+
+if TYPE_CHECKING:
+    from worker.models import ModelEntry
+
+
+def _bundled_tokenizers_dir() -> str | None:
+    """litellm's copy of tiktoken's BPE files, found without importing litellm."""
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations)))
+    return str(root / "litellm_core_utils" / "tokenizers")
+
+
+# Both must be in place before litellm's first import: it fetches the cost map from GitHub
+# at import time, and tiktoken downloads encodings on first use, unless told otherwise.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+_tokenizers_dir = _bundled_tokenizers_dir()
+if _tokenizers_dir is not None:
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", _tokenizers_dir)
+
+import litellm  # noqa: E402
+import openai  # noqa: E402  (litellm's dependency; its connection/timeout errors are chained)
+from litellm.exceptions import (  # noqa: E402
+    APIConnectionError,
+    APIError,
+    AuthenticationError,
+    BadGatewayError,
+    BadRequestError,
+    ContextWindowExceededError,
+    InternalServerError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServiceUnavailableError,
+    Timeout,
+)
+
+litellm.suppress_debug_info = True
+litellm.telemetry = False
+litellm.num_retries = None
+litellm.callbacks = []
+litellm.success_callback = []
+litellm.failure_callback = []
+litellm.input_callback = []
+litellm.service_callback = []
+
+
+def _warm_up() -> None:
+    """One offline call (litellm's ``mock_response``), so litellm's first-use work, lazy
+    imports and pydantic schema builds (~0.3 s), is done at start-up rather than inside the
+    first job. Those builds warn about litellm's own TypedDicts (UserWarning, "ReadOnly
+    qualifier"); silenced here, where they happen, rather than in every caller."""
+    with warnings.catch_warnings(), contextlib.suppress(Exception):
+        warnings.simplefilter("ignore")
+        litellm.completion(
+            model="openai/gpt-4o-mini",
+            messages=[{"role": "user", "content": "warm-up"}],
+            mock_response="ok",
+            api_key="sk-warm-up",
+            max_tokens=1,
+            num_retries=0,
+        )
+
+
+_warm_up()
+
+RetryHook = Callable[[int, float], Awaitable[None]]
+"""``before_retry(attempt, delay_s)``: called after failed attempt ``attempt`` (1-based),
+before sleeping ``delay_s`` and trying again."""
+
+_MESSAGE_MAX_CHARS = 300
+_DEADLINE_GRACE_S = 1.0
+_COST_MAP_SKIP = frozenset({"sample_spec"})
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A successful call: the OpenAI-format chat completion as a plain dict, the provider's
+    own token counts (the actual cost is computed from these, never guessed) and how many
+    attempts it took."""
+
+    response: dict[str, Any]
+    prompt_tokens: int
+    completion_tokens: int
+    attempts: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def cost_map_price(litellm_model: str) -> ModelPrice | None:
+    """The price of ``litellm_model`` in litellm's bundled cost map, or None.
+
+    ``provider/name`` is looked up as given, then as ``name`` when that entry belongs to the
+    same provider (``openai/gpt-4o-mini`` -> ``gpt-4o-mini``); an OpenAI-compatible server
+    under another prefix is never priced as OpenAI's model of the same name.
+    """
+    cost_map: Mapping[str, Any] = litellm.model_cost
+    info = None if litellm_model in _COST_MAP_SKIP else cost_map.get(litellm_model)
+    if info is None and "/" in litellm_model:
+        provider, _, name = litellm_model.partition("/")
+        candidate = cost_map.get(name)
+        if isinstance(candidate, Mapping) and candidate.get("litellm_provider") == provider:
+            info = candidate
+    if not isinstance(info, Mapping):
+        return None
+    input_cost = info.get("input_cost_per_token")
+    output_cost = info.get("output_cost_per_token")
+    if not isinstance(input_cost, int | float | str) or not isinstance(
+        output_cost, int | float | str
+    ):
+        return None
+    if isinstance(input_cost, bool) or isinstance(output_cost, bool):
+        return None
+    try:
+        return ModelPrice(to_price(input_cost), to_price(output_cost))
+    except (ValueError, ArithmeticError):
+        return None
+
+
+class Provider:
+    """Calls models with bounded retries.
+
+    A call is tried at most ``max_retries + 1`` times. Only retryable failures (429, 5xx,
+    timeouts, connection errors) are retried, after ``backoff_s * 2**(attempt - 1)`` plus up
+    to 50% jitter, capped at ``backoff_max_s``; a 429's Retry-After, when the provider sends
+    one, replaces that delay (still capped). ``timeout_s`` (or a model's own ``timeout`` in
+    its litellm_params) bounds each attempt: litellm applies it per connect and per read,
+    so a hard deadline a little later bounds the attempt as a whole, which keeps the
+    worst case of a call computable for the reservation's lease.
+    """
+
+    def __init__(
+        self,
+        timeout_s: float,
+        max_retries: int,
+        backoff_s: float,
+        backoff_max_s: float,
+    ) -> None:
+        if timeout_s <= 0 or max_retries < 0 or backoff_s < 0 or backoff_max_s < 0:
+            raise ValueError("timeout_s must be > 0; max_retries and backoffs must be >= 0")
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self._random = random.Random()
+
+    async def complete(
+        self,
+        entry: ModelEntry,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        max_tokens: int,
+        *,
+        before_retry: RetryHook | None = None,
+    ) -> Completion:
+        """Call ``entry``'s model. Raises ``RetryableProviderError`` (retries exhausted) or
+        ``PermanentProviderError``; either carries ``attempts``, the number of calls made
+        (read it with ``attempts_of``). An exception from ``before_retry`` ends the call
+        and propagates as it is (the worker's lease could not be extended: stop)."""
+        # The model list's litellm_params win over the job's params, and the worker's own
+        # settings win over both: a job can never redirect a call or change its retries.
+        kwargs: dict[str, Any] = {
+            **params,
+            "timeout": self.timeout_s,
+            **entry.litellm_params,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "num_retries": 0,
+            "max_retries": 0,
+        }
+        kwargs.pop("stream", None)
+        deadline_s = self.attempt_limit_s(entry)
+        attempt = 1
+        while True:
+            try:
+                async with asyncio.timeout(deadline_s):
+                    response = await litellm.acompletion(**kwargs)
+            except Exception as exc:
+                error = translate_error(exc, secrets=_secrets(entry.litellm_params, messages))
+                error.attempts = attempt  # type: ignore[attr-defined]
+                if not error.retryable or attempt > self.max_retries:
+                    raise error from None
+                delay_s = self.retry_delay_s(attempt, _retry_after_s(exc))
+                if before_retry is not None:
+                    await before_retry(attempt, delay_s)
+                await asyncio.sleep(delay_s)
+                attempt += 1
+                continue
+            return _completion(response, attempt)
+
+    def attempt_limit_s(self, entry: ModelEntry | None = None) -> float:
+        """The longest one attempt at ``entry``'s model can last: its timeout plus a grace."""
+        timeout_s = self.timeout_s if entry is None else entry.litellm_params.get("timeout")
+        if not isinstance(timeout_s, int | float) or isinstance(timeout_s, bool):
+            timeout_s = self.timeout_s
+        return float(timeout_s) + _DEADLINE_GRACE_S
+
+    def retry_delay_s(self, attempt: int, retry_after_s: float | None = None) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based)."""
+        if retry_after_s is not None:
+            return min(retry_after_s, self.backoff_max_s)
+        base_s = self.backoff_s * 2.0 ** (attempt - 1)
+        return min(base_s * (1 + 0.5 * self._random.random()), self.backoff_max_s)
+
+
+def _completion(response: Any, attempts: int) -> Completion:
+    """The plain-dict completion and its usage. litellm fills an absent ``usage`` with
+    zeros, so zero prompt tokens is read as absent: no chat request has an empty prompt."""
+    usage = getattr(response, "usage", None)
+    prompt_tokens = getattr(usage, "prompt_tokens", None)
+    completion_tokens = getattr(usage, "completion_tokens", None)
+    if (
+        not isinstance(prompt_tokens, int)
+        or not isinstance(completion_tokens, int)
+        or prompt_tokens <= 0
+        or completion_tokens < 0
+    ):
+        error = PermanentProviderError(
+            "no_usage", "the provider's response carries no token usage; its cost is unknown"
+        )
+        error.attempts = attempts  # type: ignore[attr-defined]
+        raise error
+    return Completion(
+        response=response.model_dump(),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        attempts=attempts,
+    )
+
+
+# --- Error translation ------------------------------------------------------------------
+
+_KEY_PATTERN = re.compile(
+    r"(?i)(?:sk|pk|rk)-[A-Za-z0-9_\-]{3,}"  # OpenAI/Anthropic-style keys
+    r"|bearer\s+[^\s\"',;]+"  # Authorization header values
+    r"|(?:api[_-]?key|x-api-key|authorization|token|secret|password)\s*[\"']?\s*[:=]\s*[\"']?"
+    r"(?:bearer\s+)?[^\s\"',;}]+"
+    r"|AIza[0-9A-Za-z_\-]{20,}"  # Google API keys
+)
+_LITELLM_PREFIX = re.compile(r"^(?:litellm\.\w+:\s*)?(?:\w+Error:\s*)?(?:\w+Exception\s*-\s*)?")
+_SECRET_PARAM = re.compile(r"(?i)key|token|secret|password|credential")
+_MIN_PROMPT_FRAGMENT = 8
+
+
+def _secrets(litellm_params: Mapping[str, Any], messages: Iterable[Any]) -> list[str]:
+    """Strings that must not appear in an error message: credentials from the model list
+    and the prompt's text."""
+    found = [
+        value
+        for key, value in litellm_params.items()
+        if isinstance(value, str) and _SECRET_PARAM.search(key) and value
+    ]
+    for message in messages:
+        if not isinstance(message, Mapping):
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            found.append(content)
+        elif isinstance(content, list):
+            found.extend(
+                part["text"]
+                for part in content
+                if isinstance(part, Mapping) and isinstance(part.get("text"), str)
+            )
+    return [s for s in found if len(s) >= _MIN_PROMPT_FRAGMENT]
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` without known secrets, anything shaped like a key, and capped in length."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "[redacted]")
+    text = _KEY_PATTERN.sub("[redacted]", text)
+    text = " ".join(text.split())
+    if len(text) > _MESSAGE_MAX_CHARS:
+        text = text[: _MESSAGE_MAX_CHARS - 3] + "..."
+    return text
+
+
+def _provider_message(exc: BaseException) -> str:
+    message = getattr(exc, "message", None)
+    if not isinstance(message, str):
+        message = str(exc)
+    return _LITELLM_PREFIX.sub("", message, count=1)
+
+
+def _chain(exc: BaseException) -> Iterable[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _status_code(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and not isinstance(status, bool):
+        return status
+    return None
+
+
+def _classify(exc: BaseException) -> tuple[str, bool]:
+    """``(error_type, retryable)``. Most specific class first: ContextWindowExceededError is
+    a BadRequestError, Timeout an APIConnectionError, and litellm reports a refused
+    connection as an InternalServerError whose cause is openai's APIConnectionError."""
+    if isinstance(exc, ContextWindowExceededError):
+        return "context_window_exceeded", False
+    if isinstance(exc, RateLimitError):
+        return "rate_limited", True
+    if isinstance(exc, Timeout | openai.APITimeoutError | TimeoutError):
+        return "timeout", True
+    if isinstance(exc, APIConnectionError):
+        return "connection_error", True
+    if isinstance(exc, BadRequestError):
+        return "bad_request", False
+    if isinstance(exc, AuthenticationError):
+        return "authentication_error", False
+    if isinstance(exc, PermissionDeniedError):
+        return "permission_denied", False
+    if isinstance(exc, NotFoundError):
+        return "not_found", False
+    if isinstance(
+        exc,
+        InternalServerError | ServiceUnavailableError | BadGatewayError,
+    ):
+        for cause in _chain(exc):
+            if isinstance(cause, openai.APITimeoutError):
+                return "timeout", True
+            if isinstance(cause, openai.APIConnectionError):
+                return "connection_error", True
+        return "server_error", True
+    status = _status_code(exc)
+    if isinstance(exc, APIError | openai.APIError) and status is not None:
+        if status == 429:
+            return "rate_limited", True
+        if status >= 500:
+            return "server_error", True
+    return "provider_error", False
+
+
+def translate_error(exc: BaseException, *, secrets: Iterable[str] = ()) -> ProviderError:
+    """The ``worker.errors`` twin of a litellm (or other) exception, with a message made of
+    the class name, the status code and a redacted, truncated provider message."""
+    error_type, retryable = _classify(exc)
+    status = _status_code(exc)
+    if error_type == "rate_limited":
+        status = 429
+    elif error_type in ("timeout", "connection_error"):
+        status = None  # no response arrived; litellm's 408/500 would mislead
+    head = type(exc).__name__ if status is None else f"{type(exc).__name__} (status {status})"
+    detail = redact(_provider_message(exc), secrets)
+    if not detail and isinstance(exc, TimeoutError):
+        detail = "no complete reply before the attempt's deadline"
+    message = f"{head}: {detail}" if detail else head
+    cls = RetryableProviderError if retryable else PermanentProviderError
+    return cls(error_type, message, status_code=status)
+
+
+def _retry_after_s(exc: BaseException) -> float | None:
+    """A 429's Retry-After (``retry-after-ms`` first, then seconds or an HTTP date)."""
+    if not isinstance(exc, RateLimitError):
+        return None
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    if headers is None:
+        return None
+    millis = headers.get("retry-after-ms")
+    seconds = headers.get("retry-after")
+    try:
+        if millis is not None:
+            delay_s = float(millis) / 1000
+        elif seconds is None:
+            return None
+        elif seconds.strip().replace(".", "", 1).isdigit():
+            delay_s = float(seconds)
+        else:
+            delay_s = (parsedate_to_datetime(seconds) - datetime.now(UTC)).total_seconds()
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return max(delay_s, 0.0) if math.isfinite(delay_s) else None
+
+
+def attempts_of(error: BaseException) -> int:
+    """How many calls a failed ``Provider.complete`` made (1 for errors raised elsewhere)."""
+    attempts = getattr(error, "attempts", 1)
+    return attempts if isinstance(attempts, int) else 1
