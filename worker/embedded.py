@@ -26,12 +26,14 @@ from worker.errors import ConfigError
 LOOPBACK = "127.0.0.1"
 
 
-def free_port() -> int:
-    """A TCP port that was free a moment ago on the loopback interface."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_port(below: int = 65536) -> int:
+    """A TCP port under ``below`` that was free a moment ago on the loopback interface."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            port: int = sock.getsockname()[1]
+        if port < below and port != 6379:
+            return port
 
 
 def wait_for_port(port: int, timeout_s: float, process: subprocess.Popen[bytes] | None) -> None:
@@ -240,6 +242,8 @@ class EmbeddedRedisCluster:
         self.nodes = [
             EmbeddedRedis(
                 workdir,
+                # A cluster node also listens on port + 10000 for its bus.
+                port=free_port(below=55536),
                 extra_args=[
                     "--cluster-enabled",
                     "yes",

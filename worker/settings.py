@@ -13,7 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BudgetPeriod = Literal["daily", "weekly", "monthly", "yearly", "none"]
@@ -80,7 +80,9 @@ class Settings(BaseSettings):
     # --- Worker ------------------------------------------------------------------
     worker_id: str = Field(default_factory=_default_worker_id)
     max_in_flight: int = Field(default=64, gt=0)
-    lease_ms: int = Field(default=60_000, gt=0, description="How long a reservation lives.")
+    lease_ms: int = Field(
+        default=90_000, gt=0, description="How long a reservation outlives a dead worker."
+    )
     model_timeout_s: float = Field(default=60.0, gt=0)
     model_max_retries: int = Field(default=2, ge=0)
     retry_backoff_s: float = Field(default=0.5, ge=0)
@@ -106,6 +108,17 @@ class Settings(BaseSettings):
     debug_log_prompts: bool = Field(
         default=False, description="Log prompt and response text. Never in production."
     )
+
+    @model_validator(mode="after")
+    def _lease_outlives_a_call(self) -> Settings:
+        # One attempt may run its timeout plus 1 s of grace (worker/provider.py).
+        if self.lease_ms <= (self.model_timeout_s + 1) * 1000:
+            raise ValueError(
+                f"BW_LEASE_MS ({self.lease_ms}) must exceed BW_MODEL_TIMEOUT_S + 1 s "
+                f"({self.model_timeout_s} s + 1 s): a lease that ends mid-call frees money "
+                "that is about to be spent"
+            )
+        return self
 
     @field_validator("kafka_bootstrap")
     @classmethod

@@ -1,0 +1,40 @@
+-- release.lua: drop a job's reservation and charge nothing. Runs after common.lua.
+--
+-- KEYS[1..4] as in common.lua; KEYS[5] job hash; KEYS[6] outcome string.
+-- ARGV[1..3] as in common.lua, then:
+--   ARGV[4]  job token (the leases member)
+--   ARGV[5]  '1' when an outcome is given, else '0'
+--   ARGV[6]  outcome: the job's terminal event (ignored when ARGV[5] = '0')
+--   ARGV[7]  outcome_ttl_ms
+-- Returns 1 when a live reservation was dropped, else 0.
+-- Idempotent. With an outcome the job becomes final ('released'): a redelivery answers
+-- finished with the first outcome. Without one the job only gives up its hold
+-- ('lapsed'), so a redelivery may reserve it again (a shutdown hands the job on).
+-- A settled job stays settled. The token estimate goes back to the TPM bucket.
+
+local token = ARGV[4]
+
+local now = now_ms()
+reclaim(now)
+
+local job = redis.call('HMGET', KEYS[5], 'state', 'cost', 'held', 'period')
+local state = job[1]
+if state == 'settled' then
+  return 0
+end
+
+local dropped = 0
+if state == 'reserved' then
+  drop_reservation(now, token, job[4], job[2], job[3])
+  dropped = 1
+end
+
+if ARGV[5] == '1' then
+  keep_first_outcome(KEYS[6], ARGV[6], ARGV[7])
+  redis.call('HSET', KEYS[5], 'state', 'released', 'held', '0')
+  redis.call('PEXPIRE', KEYS[5], istr(KEEP_MS))
+elseif dropped == 1 then
+  redis.call('HSET', KEYS[5], 'state', 'lapsed', 'held', '0')
+  redis.call('PEXPIRE', KEYS[5], istr(KEEP_MS))
+end
+return dropped

@@ -1,0 +1,28 @@
+-- reset.lua: zero a user's spend in the current period. Runs after common.lua.
+--
+-- KEYS[1..4] as in common.lua.
+-- ARGV[1..3] as in common.lua.
+-- Returns 1 when the user has a budget (and its current spend is now 0), else 0.
+-- Idempotent. Live reservations stay reserved; per-model spend of the period is
+-- cleared with the total; rate-limit allowances are untouched.
+
+local now = now_ms()
+reclaim(now)
+
+local budget = read_budget()
+if not budget then
+  return 0
+end
+local period_id, period_end = budget_period(budget, now)
+local spend_key = SPEND_PREFIX .. period_id
+local fields = redis.call('HKEYS', spend_key)
+for i = 1, #fields do
+  if string.sub(fields[i], 1, 6) == 'model:' then
+    redis.call('HDEL', spend_key, fields[i])
+  end
+end
+redis.call('HSET', spend_key, 'spent', '0')
+if period_end >= 0 then
+  redis.call('PEXPIREAT', spend_key, istr(period_end + KEEP_MS))
+end
+return 1
