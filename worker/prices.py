@@ -23,8 +23,7 @@ class ModelPrice:
     def cost_nanousd(self, prompt_tokens: int, completion_tokens: int, *, round_up: bool) -> int:
         """Cost of a call in nano-USD; ``round_up`` for estimates (an upper bound)."""
         usd = (
-            self.input_usd_per_token * prompt_tokens
-            + self.output_usd_per_token * completion_tokens
+            self.input_usd_per_token * prompt_tokens + self.output_usd_per_token * completion_tokens
         )
         rounding = ROUND_CEILING if round_up else ROUND_HALF_UP
         return int((usd * NANOUSD_PER_USD).to_integral_value(rounding=rounding))
