@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
 
 from worker.connections import kafka_options
 from worker.settings import Settings
 
 MAX_HEADER_CHARS = 1000
+MAX_RECORD_BYTES = 16 * 1024 * 1024
 
 
 class Publisher(Protocol):
@@ -38,12 +40,15 @@ class KafkaPublisher:
 
     def __init__(self, settings: Settings, **overrides: Any) -> None:
         self._dlq_topic = settings.dlq_topic
+        self._truncate_to = settings.max_job_bytes
         options = kafka_options(settings)
         options.update(
             acks="all",
             linger_ms=settings.kafka_linger_ms,
             enable_idempotence=False,
-            max_request_size=max(settings.max_job_bytes * 2, 1_048_576),
+            # Dead letters carry the original record, which may be far over our own
+            # job limit; the broker's limit is the real one.
+            max_request_size=MAX_RECORD_BYTES,
         )
         options.update(overrides)
         self._producer = AIOKafkaProducer(**options)
@@ -76,4 +81,10 @@ class KafkaPublisher:
             ("source.partition", str(source_partition).encode()),
             ("source.offset", str(source_offset).encode()),
         ]
-        await self._producer.send_and_wait(self._dlq_topic, value, key=key, headers=headers)
+        try:
+            await self._producer.send_and_wait(self._dlq_topic, value, key=key, headers=headers)
+        except MessageSizeTooLargeError:
+            # Too large for the producer or the broker: keep the evidence we can.
+            headers.append(("value.truncated_from", str(len(value)).encode()))
+            head = value[: self._truncate_to]
+            await self._producer.send_and_wait(self._dlq_topic, head, key=key, headers=headers)

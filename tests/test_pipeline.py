@@ -1,0 +1,302 @@
+"""The whole pipeline through the real broker, Redis and the fake provider over HTTP:
+worker processes started as `budget-worker run`, jobs in, events out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import (
+    Topics,
+    job,
+    produce,
+    read_all,
+    wait_for_events,
+    worker_env,
+    workers,
+    write_models_file,
+)
+from worker.embedded import EmbeddedKafka, EmbeddedRedis
+from worker.ledger import Budget, Ledger
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@dataclass
+class Pipeline:
+    kafka: EmbeddedKafka
+    topics: Topics
+    env: dict[str, str]
+    ledger: Ledger
+    fake: Any
+    directory: Path
+
+    async def set_budgets(self, users: list[str], limit_nanousd: int, **kwargs: Any) -> None:
+        for user in users:
+            await self.ledger.set_budget(user, Budget(limit_nanousd=limit_nanousd, **kwargs))
+
+
+@pytest.fixture
+async def pipeline(
+    kafka: EmbeddedKafka, redis_url: str, fake_provider: Any, tmp_path: Path
+) -> AsyncIterator[Pipeline]:
+    topics = Topics.fresh(kafka, partitions=3)
+    models = write_models_file(tmp_path, fake_provider.url)
+    env = worker_env(kafka, redis_url, models, topics, lease_ms=3000, model_timeout_s=2)
+    ledger = Ledger.from_url(redis_url)
+    try:
+        yield Pipeline(kafka, topics, env, ledger, fake_provider, tmp_path)
+    finally:
+        await ledger.close()
+
+
+def by_type(events: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for items in events.values():
+        grouped.setdefault(items[0]["type"], []).append(items[0])
+    return grouped
+
+
+def first_costs(events: dict[str, list[dict[str, Any]]], user: str) -> int:
+    return sum(
+        items[0]["cost_nanousd"]
+        for items in events.values()
+        if items[0]["user_id"] == user and items[0]["type"] == "completion.succeeded"
+    )
+
+
+async def test_budgets_run_out_and_the_ledger_equals_the_charged_events(
+    pipeline: Pipeline,
+) -> None:
+    users = [f"user-{i}" for i in range(4)]
+    await pipeline.set_budgets(users, limit_nanousd=60_000)
+    jobs = [job(f"e2e-{u}-{n}", u) for u in users for n in range(10)]
+    async with workers(pipeline.env, pipeline.directory):
+        await produce(pipeline.kafka, pipeline.topics.jobs, jobs)
+        events = await wait_for_events(
+            pipeline.kafka, pipeline.topics.results, {j["job_id"] for j in jobs}
+        )
+    kinds = by_type(events)
+    assert kinds["completion.succeeded"], "some jobs fit the budget"
+    refused = kinds["completion.rejected"]
+    assert refused and {e["reason"] for e in refused} == {"budget_exceeded"}
+    for user in users:
+        state = await pipeline.ledger.state(user)
+        assert state is not None
+        assert state.snapshot.spent_nanousd <= 60_000
+        assert state.snapshot.reserved_nanousd == 0
+        assert state.snapshot.spent_nanousd == first_costs(events, user)
+
+
+async def test_three_worker_processes_share_partitions_and_budgets(pipeline: Pipeline) -> None:
+    users = [f"shared-{i}" for i in range(9)]
+    await pipeline.set_budgets(users, limit_nanousd=50_000)
+    pipeline.fake.update_config(latency_s=0.05)
+    jobs = [job(f"three-{u}-{n}", u) for u in users for n in range(8)]
+    async with workers(pipeline.env, pipeline.directory, count=3):
+        await asyncio.sleep(3)  # let the group settle on three members
+        await produce(pipeline.kafka, pipeline.topics.jobs, jobs)
+        events = await wait_for_events(
+            pipeline.kafka, pipeline.topics.results, {j["job_id"] for j in jobs}
+        )
+    assert len({items[0]["worker_id"] for items in events.values()}) == 3
+    for user in users:
+        assert await pipeline.ledger.spent_total(user) <= 50_000
+        assert await pipeline.ledger.spent_total(user) == first_costs(events, user)
+
+
+async def test_a_killed_worker_loses_no_job_and_charges_none_twice(pipeline: Pipeline) -> None:
+    users = [f"kill-{i}" for i in range(6)]
+    await pipeline.set_budgets(users, limit_nanousd=10_000_000_000)
+    pipeline.fake.update_config(latency_s=0.4)
+    jobs = [job(f"kill-{u}-{n}", u) for u in users for n in range(10)]
+    async with workers(pipeline.env, pipeline.directory, count=2) as procs:
+        await asyncio.sleep(3)
+        await produce(pipeline.kafka, pipeline.topics.jobs, jobs)
+        await asyncio.sleep(1.0)  # both workers are mid-call now
+        procs[0].kill()
+        events = await wait_for_events(
+            pipeline.kafka, pipeline.topics.results, {j["job_id"] for j in jobs}, timeout_s=90
+        )
+    assert {items[0]["type"] for items in events.values()} == {"completion.succeeded"}
+    for user in users:
+        state = await pipeline.ledger.state(user)
+        assert state is not None
+        # Every job charged exactly once, whatever was redelivered.
+        assert state.snapshot.spent_nanousd == first_costs(events, user)
+        # The killed worker's reservations were reclaimed.
+        assert state.snapshot.reserved_nanousd == 0
+    for items in events.values():
+        assert len({e["cost_nanousd"] for e in items}) == 1
+
+
+async def test_redis_outage_pauses_without_model_calls_and_loses_nothing(
+    kafka: EmbeddedKafka, private_redis: EmbeddedRedis, fake_provider: Any, tmp_path: Path
+) -> None:
+    topics = Topics.fresh(kafka)
+    env = worker_env(
+        kafka,
+        private_redis.url,
+        write_models_file(tmp_path, fake_provider.url),
+        topics,
+        default_budget_usd="1000",
+        lease_ms=3000,
+        model_timeout_s=2,
+    )
+    jobs = [job(f"outage-{n}", f"user-{n % 5}") for n in range(60)]
+    async with workers(env, tmp_path):
+        await produce(kafka, topics.jobs, jobs[:20])
+        await wait_for_events(kafka, topics.results, {j["job_id"] for j in jobs[:20]})
+        private_redis.stop()
+        await produce(kafka, topics.jobs, jobs[20:])
+        await asyncio.sleep(0.5)
+        calls_at_stop = fake_provider.stats.requests_total
+        await asyncio.sleep(4)
+        assert fake_provider.stats.requests_total == calls_at_stop, "a model call without Redis"
+        private_redis.start()
+        events = await wait_for_events(kafka, topics.results, {j["job_id"] for j in jobs})
+    assert {items[0]["type"] for items in events.values()} == {"completion.succeeded"}
+
+
+async def test_a_broker_restart_is_survived(pipeline: Pipeline) -> None:
+    """Tansu keeps data in memory: a restart loses its topics and group state (the
+    broker's own loss). The worker reconnects and serves the jobs sent afterwards."""
+    users = ["restart-user"]
+    await pipeline.set_budgets(users, limit_nanousd=10_000_000_000)
+    before = [job(f"before-{n}", users[0]) for n in range(5)]
+    after = [job(f"after-{n}", users[0]) for n in range(5)]
+    async with workers(pipeline.env, pipeline.directory):
+        await produce(pipeline.kafka, pipeline.topics.jobs, before)
+        await wait_for_events(
+            pipeline.kafka, pipeline.topics.results, {j["job_id"] for j in before}
+        )
+        pipeline.kafka.restart()
+        for topic in (pipeline.topics.jobs, pipeline.topics.results, pipeline.topics.dlq):
+            pipeline.kafka.create_topic(topic, 3)
+        await asyncio.sleep(2)
+        await produce(pipeline.kafka, pipeline.topics.jobs, after)
+        events = await wait_for_events(
+            pipeline.kafka, pipeline.topics.results, {j["job_id"] for j in after}, timeout_s=120
+        )
+    assert {items[0]["type"] for items in events.values()} == {"completion.succeeded"}
+
+
+async def test_a_provider_429_storm_ends_in_failed_events_holding_nothing(
+    pipeline: Pipeline,
+) -> None:
+    await pipeline.set_budgets(["storm"], limit_nanousd=10_000_000_000)
+    pipeline.fake.update_config(rate_429=1.0)
+    jobs = [job(f"storm-{n}", "storm") for n in range(6)]
+    env = {**pipeline.env, "BW_MODEL_MAX_RETRIES": "2"}
+    async with workers(env, pipeline.directory):
+        await produce(pipeline.kafka, pipeline.topics.jobs, jobs)
+        events = await wait_for_events(
+            pipeline.kafka, pipeline.topics.results, {j["job_id"] for j in jobs}
+        )
+    for items in events.values():
+        event = items[0]
+        assert event["type"] == "completion.failed"
+        assert event["retryable"] is True
+        assert event["attempts"] == 3
+        assert event["cost_nanousd"] == 0
+    assert pipeline.fake.stats.requests_total == 3 * len(jobs)
+    state = await pipeline.ledger.state("storm")
+    assert state is not None
+    assert (state.snapshot.spent_nanousd, state.snapshot.reserved_nanousd) == (0, 0)
+
+
+async def test_poison_and_hostile_input_never_stop_the_loop(pipeline: Pipeline) -> None:
+    await pipeline.set_budgets(["good"], limit_nanousd=10_000_000_000)
+    undecodable: list[tuple[bytes | None, bytes]] = [
+        (b"k", b"not json at all"),
+        (b"k", b"\xff\xfe\xfd invalid utf-8"),
+        (b"k", b"[1, 2, 3]"),
+        (b"k", json.dumps({"user_id": "x"}).encode()),  # no job_id: cannot be answered
+        (b"k", b"{" * 5000),
+        (b"k", b"x" * 10_000_000),  # 10 MB: over BW_MAX_JOB_BYTES
+    ]
+    invalid = [
+        job("bad-types", "good", max_tokens="lots"),
+        job("bad-field", "good", surprise=True),
+        job("bad-reply", "good", reply_to="someone.elses.topic"),
+        job("bad-param", "good", params={"api_base": "http://evil.example"}),
+        job("bad-model", "good", model="no-such-model"),
+    ]
+    valid = job("after-poison", "good")
+    async with workers(pipeline.env, pipeline.directory):
+        await produce(pipeline.kafka, pipeline.topics.jobs, [*undecodable, *invalid, valid])
+        events = await wait_for_events(
+            pipeline.kafka,
+            pipeline.topics.results,
+            {j["job_id"] for j in invalid} | {"after-poison"},
+        )
+        dlq = await read_all(pipeline.kafka, pipeline.topics.dlq)
+    reasons = {job_id: items[0].get("reason") for job_id, items in events.items()}
+    assert reasons == {
+        "bad-types": "invalid_job",
+        "bad-field": "invalid_job",
+        "bad-reply": "invalid_job",
+        "bad-param": "invalid_job",
+        "bad-model": "unknown_model",
+        "after-poison": None,
+    }
+    assert events["after-poison"][0]["type"] == "completion.succeeded"
+    assert len(dlq) == len(undecodable)
+    for record in dlq:
+        headers = dict(record.headers)
+        assert set(headers) >= {
+            "error.type",
+            "error.message",
+            "source.topic",
+            "source.partition",
+            "source.offset",
+        }
+        assert headers["source.topic"].decode() == pipeline.topics.jobs
+    assert sorted(r.value for r in dlq) == sorted(v for _, v in undecodable)
+
+
+async def test_a_redelivered_finished_job_republishes_without_a_model_call(
+    pipeline: Pipeline,
+) -> None:
+    await pipeline.set_budgets(["again"], limit_nanousd=10_000_000_000)
+    once = job("only-once", "again")
+    async with workers(pipeline.env, pipeline.directory):
+        await produce(pipeline.kafka, pipeline.topics.jobs, [once])
+        await wait_for_events(pipeline.kafka, pipeline.topics.results, {"only-once"})
+        calls = pipeline.fake.stats.requests_total
+        await produce(pipeline.kafka, pipeline.topics.jobs, [once])
+        for _ in range(60):
+            events = await wait_for_events(pipeline.kafka, pipeline.topics.results, {"only-once"})
+            if len(events["only-once"]) == 2:
+                break
+            await asyncio.sleep(0.25)
+    first, second = events["only-once"]
+    assert pipeline.fake.stats.requests_total == calls
+    assert first["type"] == second["type"] == "completion.succeeded"
+    assert first["cost_nanousd"] == second["cost_nanousd"]
+    assert first["response"] == second["response"]
+    assert await pipeline.ledger.spent_total("again") == first["cost_nanousd"]
+
+
+async def test_sigterm_drains_and_exits_zero(pipeline: Pipeline) -> None:
+    await pipeline.set_budgets(["term"], limit_nanousd=10_000_000_000)
+    pipeline.fake.update_config(latency_s=1.5)
+    jobs = [job(f"term-{n}", "term") for n in range(4)]
+    async with workers(pipeline.env, pipeline.directory) as procs:
+        await produce(pipeline.kafka, pipeline.topics.jobs, jobs)
+        await asyncio.sleep(0.7)  # the jobs are mid-call
+        procs[0].signal(signal.SIGTERM)
+        assert await procs[0].wait() == 0
+    events = await wait_for_events(
+        pipeline.kafka, pipeline.topics.results, {j["job_id"] for j in jobs}, timeout_s=5
+    )
+    assert len(events) == len(jobs)
+    state = await pipeline.ledger.state("term")
+    assert state is not None and state.snapshot.reserved_nanousd == 0
