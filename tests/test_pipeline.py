@@ -49,7 +49,7 @@ async def pipeline(
 ) -> AsyncIterator[Pipeline]:
     topics = Topics.fresh(kafka, partitions=3)
     models = write_models_file(tmp_path, fake_provider.url)
-    env = worker_env(kafka, redis_url, models, topics, lease_ms=3000, model_timeout_s=2)
+    env = worker_env(kafka, redis_url, models, topics, lease_ms=4000, model_timeout_s=2)
     ledger = Ledger.from_url(redis_url)
     try:
         yield Pipeline(kafka, topics, env, ledger, fake_provider, tmp_path)
@@ -78,21 +78,54 @@ async def test_budgets_run_out_and_the_ledger_equals_the_charged_events(
     users = [f"user-{i}" for i in range(4)]
     await pipeline.set_budgets(users, limit_nanousd=60_000)
     jobs = [job(f"e2e-{u}-{n}", u) for u in users for n in range(10)]
+    others = [
+        job("e2e-no-budget", "stranger"),
+        job("e2e-expired", users[0], deadline="2020-01-01T00:00:00Z"),
+    ]
     async with workers(pipeline.env, pipeline.directory):
-        await produce(pipeline.kafka, pipeline.topics.jobs, jobs)
+        await produce(pipeline.kafka, pipeline.topics.jobs, [*jobs, *others])
         events = await wait_for_events(
-            pipeline.kafka, pipeline.topics.results, {j["job_id"] for j in jobs}
+            pipeline.kafka, pipeline.topics.results, {j["job_id"] for j in [*jobs, *others]}
         )
+    assert events.pop("e2e-no-budget")[0]["reason"] == "no_budget"
+    assert events.pop("e2e-expired")[0]["reason"] == "expired"
     kinds = by_type(events)
     assert kinds["completion.succeeded"], "some jobs fit the budget"
     refused = kinds["completion.rejected"]
     assert refused and {e["reason"] for e in refused} == {"budget_exceeded"}
+    for event in refused:
+        assert event["estimated_cost_nanousd"] > event["budget"]["remaining_nanousd"]
     for user in users:
         state = await pipeline.ledger.state(user)
         assert state is not None
         assert state.snapshot.spent_nanousd <= 60_000
         assert state.snapshot.reserved_nanousd == 0
         assert state.snapshot.spent_nanousd == first_costs(events, user)
+
+
+async def test_rate_limited_jobs_wait_without_blocking_other_users(pipeline: Pipeline) -> None:
+    """RPM 30: a burst of 30, then one request every 2 s. Jobs past the burst wait
+    (holding no reservation and no in-flight slot) up to max_wait_s, or are refused."""
+    await pipeline.set_budgets(["limited"], limit_nanousd=10_000_000_000, rpm=30)
+    await pipeline.set_budgets(["free"], limit_nanousd=10_000_000_000)
+    burst = [job(f"rate-{n}", "limited", max_wait_s=6) for n in range(32)]
+    impatient = job("rate-impatient", "limited", max_wait_s=0)
+    env = {**pipeline.env, "BW_MAX_IN_FLIGHT": "4"}
+    async with workers(env, pipeline.directory):
+        await produce(pipeline.kafka, pipeline.topics.jobs, burst)
+        await asyncio.sleep(1.0)  # the burst is admitted; two jobs are now waiting
+        await produce(pipeline.kafka, pipeline.topics.jobs, [impatient, job("rate-free", "free")])
+        events = await wait_for_events(
+            pipeline.kafka,
+            pipeline.topics.results,
+            {j["job_id"] for j in burst} | {"rate-impatient", "rate-free"},
+        )
+    assert {events[j["job_id"]][0]["type"] for j in burst} == {"completion.succeeded"}
+    refused = events["rate-impatient"][0]
+    assert (refused["reason"], refused["retry_after_s"] > 0) == ("rate_limited", True)
+    # The other user's job finished while the limited user's jobs were still waiting.
+    last_waiter = max(events[j["job_id"]][0]["occurred_at"] for j in burst)
+    assert events["rate-free"][0]["occurred_at"] < last_waiter
 
 
 async def test_three_worker_processes_share_partitions_and_budgets(pipeline: Pipeline) -> None:
@@ -147,7 +180,7 @@ async def test_redis_outage_pauses_without_model_calls_and_loses_nothing(
         write_models_file(tmp_path, fake_provider.url),
         topics,
         default_budget_usd="1000",
-        lease_ms=3000,
+        lease_ms=4000,
         model_timeout_s=2,
     )
     jobs = [job(f"outage-{n}", f"user-{n % 5}") for n in range(60)]

@@ -13,8 +13,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import ConfigError
 
 BudgetPeriod = Literal["daily", "weekly", "monthly", "yearly", "none"]
 AdmissionPolicy = Literal["reject", "clamp"]
@@ -126,3 +128,17 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("must name at least one host:port")
         return value
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; a ``ConfigError`` that names each bad variable
+    and rule, and never echoes a value (it may be a password)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            (f"BW_{'_'.join(map(str, error['loc'])).upper()}: " if error["loc"] else "")
+            + error["msg"]
+            for error in exc.errors(include_input=False, include_url=False)
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None
