@@ -1,0 +1,501 @@
+"""What a producing service needs: put jobs on ``llm.jobs``, read their events back.
+
+- :class:`JobClient` validates a job with the contract's own models (``parse_job``), so
+  a job the worker would reject as ``invalid_job`` or send to the DLQ is refused here,
+  with the message the worker would have put in the event, and never sent. A valid job
+  goes to ``BW_JOBS_TOPIC`` keyed by its ``user_id`` (one user's jobs keep their order)
+  and :meth:`JobClient.submit` returns once the broker has acknowledged it.
+- :class:`ResultWaiter` reads ``BW_RESULTS_TOPIC`` and resolves ``await wait(job_id)``
+  with the job's terminal event. Events are delivered at least once; the first event
+  for a job id wins and later copies are dropped and counted (``duplicates``).
+- :class:`SyncJobClient` is both for code without an event loop: it runs them on a
+  loop of its own in a background thread.
+
+Every Kafka client here takes its bootstrap, TLS and SASL options from
+``worker.connections.kafka_options``, as the worker's own clients do.
+
+**Where a waiter starts reading.** A waiter is *assigned* every partition of the
+results topic; it is not a consumer group member. Each waiter therefore sees every
+event (one service instance never steals another's), nothing is committed, and no
+rebalance ever pauses it. By default it starts at the end of each partition, and
+:meth:`ResultWaiter.start` returns only once those positions are fixed, so an event
+published after ``start()`` returned is never missed: start the waiter, then submit.
+A waiter started after its events were published (a restarted service) needs
+``start_at="beginning"``, which re-reads the whole topic (as far as the broker's
+retention keeps it). Every instance reads the whole topic; when that is too much,
+give each instance its own topic with the job's ``reply_to`` (the worker honours
+names matching ``BW_REPLY_TO_PATTERN``, ``llm.results.<suffix>`` by default) and wait
+on that topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Coroutine, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, Literal, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from schemas.events import TerminalEvent, parse_event
+from schemas.jobs import CompletionJob, JobLimits, parse_job
+from worker.connections import kafka_options
+from worker.errors import BudgetWorkerError, ConfigError
+from worker.settings import Settings
+
+__all__ = [
+    "JobClient",
+    "ResultWaiter",
+    "SubmitFailed",
+    "SyncJobClient",
+    "WaiterStats",
+    "build_job",
+    "limits_of",
+]
+
+log = logging.getLogger("budget_worker.client")
+T = TypeVar("T")
+StartAt = Literal["end", "beginning"]
+
+# A record carries the job plus Kafka's framing; a job of exactly BW_MAX_JOB_BYTES must fit.
+_RECORD_OVERHEAD_BYTES = 64 * 1024
+
+
+class SubmitFailed(BudgetWorkerError):
+    """The broker did not acknowledge the job. It may or may not have been written:
+    submitting it again with the same ``job_id`` is safe (one charge, one outcome)."""
+
+    retryable = True
+
+
+def limits_of(settings: Settings) -> JobLimits:
+    """The size limits the worker applies, from the same settings."""
+    return JobLimits(
+        max_job_bytes=settings.max_job_bytes,
+        max_messages=settings.max_messages,
+        max_prompt_chars=settings.max_prompt_chars,
+    )
+
+
+def build_job(
+    user_id: str,
+    model: str,
+    prompt: str,
+    *,
+    max_tokens: int | None = None,
+    job_id: str | None = None,
+    system: str | None = None,
+    limits: JobLimits | None = None,
+    **fields: Any,
+) -> CompletionJob:
+    """A one-prompt job (a fresh ``job_id`` unless given, ``created_at`` now), validated
+    as the worker will validate it: raises ``schemas.jobs.InvalidJob`` (or, for a bad
+    ``job_id`` or ``user_id``, ``UndecodableJob``) naming the field. ``fields`` are any
+    other job fields (``params``, ``metadata``, ``reply_to``, ...)."""
+    messages: list[dict[str, Any]] = []
+    if system is not None:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": prompt})
+    body: dict[str, Any] = {
+        "schema_version": 1,
+        "job_id": job_id if job_id is not None else uuid.uuid4().hex,
+        "user_id": user_id,
+        "model": model,
+        "messages": messages,
+        "created_at": datetime.now(UTC),
+        **fields,
+    }
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    return parse_job(_encode(body), limits or JobLimits())
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _encode(body: Mapping[str, Any]) -> bytes:
+    # NaN and lone surrogates are let through, as the bytes a worker would receive,
+    # so that parse_job, not json.dumps or the codec, words the refusal.
+    text = json.dumps(body, ensure_ascii=False, default=_json_default)
+    return text.encode("utf-8", "surrogatepass")
+
+
+class JobClient:
+    """Submits jobs to ``settings.jobs_topic``. Use ``async with`` or start/stop."""
+
+    def __init__(self, settings: Settings, **producer_options: Any) -> None:
+        self.settings = settings
+        self.limits = limits_of(settings)
+        options = kafka_options(settings)
+        options.update(
+            acks="all",
+            # Brokers without idempotent producers (Tansu) must work too; a duplicate
+            # job is harmless (same job_id: one charge, one outcome).
+            enable_idempotence=False,
+            linger_ms=settings.kafka_linger_ms,
+            max_request_size=settings.max_job_bytes + _RECORD_OVERHEAD_BYTES,
+        )
+        options.update(producer_options)
+        self._options = options
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        """Connect to the broker; raises :class:`SubmitFailed` when it cannot be reached.
+        (The Kafka client is built here, inside the event loop that will use it.)"""
+        producer = AIOKafkaProducer(**self._options)
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            await producer.stop()
+            raise SubmitFailed(f"cannot reach the Kafka broker: {type(exc).__name__}") from exc
+        self._producer = producer
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def __aenter__(self) -> JobClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def validate(self, job: CompletionJob | Mapping[str, Any]) -> tuple[CompletionJob, bytes]:
+        """The job as the worker will read it, and its bytes; raises ``InvalidJob`` or
+        ``UndecodableJob`` (``schemas.jobs.JobError``) with the worker's own message."""
+        if isinstance(job, CompletionJob):
+            raw = job.model_dump_json(exclude_none=True).encode("utf-8")
+        else:
+            raw = _encode(job)
+        # Parsed again even when given a model: one built with model_construct, or
+        # over the size limits, must fail here rather than at the worker.
+        return parse_job(raw, self.limits), raw
+
+    async def submit(self, job: CompletionJob | Mapping[str, Any]) -> str:
+        """Validate ``job``, send it keyed by its user id and wait for the broker's
+        acknowledgement; the job id. Raises ``schemas.jobs.JobError`` for a job the worker
+        would not run (nothing is sent) and :class:`SubmitFailed` when the broker did not
+        take it."""
+        producer = self._producer
+        if producer is None:
+            raise RuntimeError("JobClient.start() was not called")
+        parsed, raw = self.validate(job)
+        try:
+            await producer.send_and_wait(
+                self.settings.jobs_topic, raw, key=parsed.user_id.encode("utf-8")
+            )
+        except KafkaError as exc:
+            raise SubmitFailed(
+                f"job {parsed.job_id!r} was not acknowledged: {type(exc).__name__}"
+            ) from exc
+        return parsed.job_id
+
+
+@dataclass(slots=True)
+class WaiterStats:
+    """What a waiter has read. ``duplicates``: events for a job id already seen (dropped);
+    ``skipped``: records that are not events this code can read (a newer ``type``, bad
+    JSON), logged and dropped."""
+
+    events: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+
+
+class ResultWaiter:
+    """Reads one results topic and hands each job's first event to whoever waits for it.
+
+    Events that arrive before anyone waits are kept (the last ``remember`` job ids), so
+    ``wait`` may be called after the event came; waiting again for a job returns the
+    same first event. See the module docstring for where reading starts.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        topic: str | None = None,
+        start_at: StartAt = "end",
+        remember: int = 10_000,
+        **consumer_options: Any,
+    ) -> None:
+        if remember < 1:
+            raise ValueError("remember must be >= 1")
+        self.topic = topic or settings.results_topic
+        self.start_at = start_at
+        self.stats = WaiterStats()
+        self._remember = remember
+        self._first: OrderedDict[str, TerminalEvent] = OrderedDict()
+        self._pending: dict[str, _Pending] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        options = kafka_options(settings)
+        options.update(
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+            max_partition_fetch_bytes=16 * 1024 * 1024,
+        )
+        options.update(consumer_options)
+        self._options = options
+        self._consumer: AIOKafkaConsumer | None = None
+
+    @property
+    def duplicates(self) -> int:
+        return self.stats.duplicates
+
+    async def start(self) -> None:
+        """Assign every partition and fix the start positions; returns once an event
+        published from now on is sure to be read."""
+        consumer = AIOKafkaConsumer(**self._options)
+        await consumer.start()
+        try:
+            await consumer.topics()  # fetches metadata for every topic
+            partitions = consumer.partitions_for_topic(self.topic)
+            if not partitions:
+                raise ConfigError(f"the results topic {self.topic!r} does not exist")
+            assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            consumer.assign(assigned)
+            if self.start_at == "beginning":
+                await consumer.seek_to_beginning(*assigned)
+            else:
+                await consumer.seek_to_end(*assigned)
+            for tp in assigned:
+                # Resolves the seek now; a lazy seek would start wherever the end is
+                # at the first fetch, after events that were already published.
+                await consumer.position(tp)
+        except BaseException:
+            await consumer.stop()
+            raise
+        self._consumer = consumer
+        self._reader = asyncio.create_task(self._read(consumer), name=f"waiter:{self.topic}")
+
+    async def stop(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        self._fail_pending(RuntimeError("the ResultWaiter was stopped"))
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    async def __aenter__(self) -> ResultWaiter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def wait(self, job_id: str, timeout_s: float) -> TerminalEvent:
+        """The job's first terminal event; ``TimeoutError`` if none comes in time.
+        Several callers may wait for the same job; each has its own timeout."""
+        event = self._first.get(job_id)
+        if event is not None:
+            return event
+        if self._failure is not None:
+            raise RuntimeError("the ResultWaiter stopped reading") from self._failure
+        if self._reader is None:
+            raise RuntimeError("the ResultWaiter is not running (start() it first)")
+        pending = self._pending.get(job_id)
+        if pending is None:
+            pending = self._pending[job_id] = _Pending(asyncio.get_running_loop().create_future())
+        pending.waiters += 1
+        try:
+            async with asyncio.timeout(timeout_s):
+                # Shielded: one caller's timeout must not cancel another's wait.
+                return await asyncio.shield(pending.future)
+        except TimeoutError:
+            raise TimeoutError(f"no event for job {job_id!r} within {timeout_s} s") from None
+        finally:
+            pending.waiters -= 1
+            if pending.waiters == 0 and self._pending.get(job_id) is pending:
+                del self._pending[job_id]
+                pending.future.cancel()
+
+    async def _read(self, consumer: AIOKafkaConsumer) -> None:
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=1000)
+                for records in batch.values():
+                    for record in records:
+                        self._accept(record.value)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            # aiokafka retries broker errors itself; anything reaching here is fatal.
+            log.exception("result waiter stopped reading", extra={"topic": self.topic})
+            self._failure = exc
+            self._fail_pending(exc)
+
+    def _accept(self, value: bytes | None) -> None:
+        try:
+            event = parse_event(value or b"")
+        except ValueError as exc:  # UnknownEventType, pydantic's ValidationError
+            self.stats.skipped += 1
+            log.warning(
+                "skipped a record that is not a known event",
+                extra={"topic": self.topic, "error": str(exc)[:200]},
+            )
+            return
+        if event.job_id in self._first:
+            self.stats.duplicates += 1
+            return
+        self.stats.events += 1
+        self._first[event.job_id] = event
+        if len(self._first) > self._remember:
+            self._first.popitem(last=False)
+        pending = self._pending.pop(event.job_id, None)
+        if pending is not None and not pending.future.done():
+            pending.future.set_result(event)
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        pending, self._pending = self._pending, {}
+        for entry in pending.values():
+            if not entry.future.done():
+                entry.future.set_exception(exc)
+                # Marked retrieved, so a future whose waiters all gave up does not log.
+                entry.future.exception()
+
+
+@dataclass(slots=True)
+class _Pending:
+    """The future of one job id and how many ``wait`` calls are on it."""
+
+    future: asyncio.Future[TerminalEvent]
+    waiters: int = 0
+
+
+class _LoopThread:
+    """An event loop in a daemon thread, for coroutines called from synchronous code."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self.thread.start()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            tasks = asyncio.all_tasks(self.loop)
+            for task in tasks:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
+        if threading.current_thread() is self.thread:
+            coroutine.close()
+            raise RuntimeError("SyncJobClient cannot be called from its own event loop")
+        if not self.thread.is_alive():
+            coroutine.close()
+            raise RuntimeError("this SyncJobClient is closed")
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        return future.result(timeout_s)
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+
+
+class SyncJobClient:
+    """:class:`JobClient` and (with ``wait_for_results``) a :class:`ResultWaiter` for
+    synchronous code; thread-safe. The waiter starts with the client, so an event of any
+    job submitted after construction is caught. ``close()`` (or ``with``) stops both."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        wait_for_results: bool = True,
+        start_at: StartAt = "end",
+        results_topic: str | None = None,
+    ) -> None:
+        self._loop = _LoopThread("budget-worker-client")
+        self._client: JobClient | None = None
+        self._waiter: ResultWaiter | None = None
+
+        async def start() -> tuple[JobClient, ResultWaiter | None]:
+            waiter = None
+            if wait_for_results:
+                waiter = ResultWaiter(settings, topic=results_topic, start_at=start_at)
+                await waiter.start()
+            client = JobClient(settings)
+            try:
+                await client.start()
+            except BaseException:
+                if waiter is not None:
+                    await waiter.stop()
+                raise
+            return client, waiter
+
+        try:
+            self._client, self._waiter = self._loop.run(start())
+        except BaseException:
+            self._loop.stop()
+            raise
+
+    @property
+    def waiter(self) -> ResultWaiter:
+        if self._waiter is None:
+            raise RuntimeError("this SyncJobClient was made with wait_for_results=False")
+        return self._waiter
+
+    def submit(self, job: CompletionJob | Mapping[str, Any]) -> str:
+        """See :meth:`JobClient.submit`."""
+        if self._client is None:
+            raise RuntimeError("this SyncJobClient is closed")
+        return self._loop.run(self._client.submit(job))
+
+    def wait(self, job_id: str, timeout_s: float = 60.0) -> TerminalEvent:
+        """See :meth:`ResultWaiter.wait`."""
+        return self._loop.run(self.waiter.wait(job_id, timeout_s))
+
+    def submit_and_wait(
+        self, job: CompletionJob | Mapping[str, Any], timeout_s: float = 60.0
+    ) -> TerminalEvent:
+        """Submit, then wait up to ``timeout_s`` for the job's first event."""
+        waiter = self.waiter  # raises before anything is sent when there is none
+        job_id = self.submit(job)
+        return self._loop.run(waiter.wait(job_id, timeout_s))
+
+    def close(self) -> None:
+        """Stop the clients and the background loop; idempotent."""
+        client, waiter = self._client, self._waiter
+        self._client = self._waiter = None
+
+        async def stop() -> None:
+            if client is not None:
+                await client.stop()
+            if waiter is not None:
+                await waiter.stop()
+
+        if client is not None or waiter is not None:
+            with contextlib.suppress(Exception):
+                self._loop.run(stop(), timeout_s=30)
+        self._loop.stop()
+
+    def __enter__(self) -> SyncJobClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

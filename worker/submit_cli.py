@@ -1,0 +1,93 @@
+"""``budget-worker submit``: put one job on the jobs topic, optionally wait for its event.
+
+Prints the job id; with ``--wait``, then the job's terminal event as JSON. Exit codes:
+0 the job was sent (and, with ``--wait``, succeeded); 1 the job was rejected or failed,
+no event came within ``--timeout``, or the broker could not be reached; 2 a bad option
+or a job the worker would refuse as invalid (the message names the field; nothing is
+sent). Kafka settings come from the ``BW_`` environment, as for the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated
+
+import typer
+
+from schemas.events import CompletionSucceeded, TerminalEvent, encode_event
+from schemas.jobs import CompletionJob, JobError
+from worker.client import JobClient, ResultWaiter, build_job, limits_of
+from worker.errors import BudgetWorkerError
+from worker.settings import Settings
+
+
+def submit(
+    user: Annotated[str, typer.Option("--user", help="The user the job is charged to.")],
+    model: Annotated[str, typer.Option("--model", help="A model_name from the model list.")],
+    prompt: Annotated[str, typer.Option("--prompt", help="The user message.")],
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", help="Output cap (default: the worker's).")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the job's event and print it.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the event.", min=0)
+    ] = 60.0,
+    job_id: Annotated[
+        str | None, typer.Option("--job-id", help="The job id (default: a fresh one).")
+    ] = None,
+    system: Annotated[str | None, typer.Option("--system", help="A system message.")] = None,
+    kafka_bootstrap: Annotated[
+        str | None,
+        typer.Option("--kafka-bootstrap", help="Kafka bootstrap servers (default: BW_ setting)."),
+    ] = None,
+) -> None:
+    """Submit one completion job for a user; with --wait, print its terminal event."""
+    try:
+        settings = Settings()
+        if kafka_bootstrap is not None:
+            settings = settings.model_copy(update={"kafka_bootstrap": kafka_bootstrap})
+    except ValueError as exc:
+        typer.echo(f"error: invalid settings: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        job = build_job(
+            user,
+            model,
+            prompt,
+            max_tokens=max_tokens,
+            job_id=job_id,
+            system=system,
+            limits=limits_of(settings),
+        )
+    except JobError as exc:
+        typer.echo(f"error: invalid job: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        event = asyncio.run(_send(settings, job, wait, timeout))
+    except (BudgetWorkerError, TimeoutError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if event is not None:
+        typer.echo(json.dumps(json.loads(encode_event(event)), indent=2, ensure_ascii=False))
+        if not isinstance(event, CompletionSucceeded):
+            raise typer.Exit(1)
+
+
+async def _send(
+    settings: Settings, job: CompletionJob, wait: bool, timeout_s: float
+) -> TerminalEvent | None:
+    waiter = ResultWaiter(settings) if wait else None
+    if waiter is not None:
+        # Started first: its positions are fixed before the job can be answered.
+        await waiter.start()
+    try:
+        async with JobClient(settings) as client:
+            job_id = await client.submit(job)
+        typer.echo(job_id)
+        return None if waiter is None else await waiter.wait(job_id, timeout_s)
+    finally:
+        if waiter is not None:
+            await waiter.stop()
