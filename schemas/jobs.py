@@ -125,7 +125,15 @@ class TextPart(_Inbound):
 
 
 class ImageURL(_Inbound):
-    url: str = Field(min_length=1, description="An https URL or a data: URL.")
+    url: str = Field(
+        min_length=1,
+        pattern=r"^(?:https://|data:image/)",
+        description=(
+            "An https URL or a data:image/ URL. Other schemes (http:, file:, gs:, s3:) are "
+            "refused: the provider, or litellm in the worker, fetches the URL with its own "
+            "network position and credentials."
+        ),
+    )
     detail: Literal["auto", "low", "high"] | None = None
 
 

@@ -333,3 +333,24 @@ async def test_sigterm_drains_and_exits_zero(pipeline: Pipeline) -> None:
     assert len(events) == len(jobs)
     state = await pipeline.ledger.state("term")
     assert state is not None and state.snapshot.reserved_nanousd == 0
+
+
+async def test_prompts_are_logged_only_when_the_debug_flag_is_on(pipeline: Pipeline) -> None:
+    await pipeline.set_budgets(["debug"], limit_nanousd=10_000_000_000)
+    quiet = {**pipeline.env, "BW_GROUP_ID": "quiet"}
+    loud = {**pipeline.env, "BW_DEBUG_LOG_PROMPTS": "true", "BW_GROUP_ID": "loud"}
+    logs = {}
+    for name, env, job_id in (("quiet", quiet, "debug-quiet"), ("loud", loud, "debug-loud")):
+        directory = pipeline.directory / name
+        directory.mkdir()
+        async with workers(env, directory) as procs:
+            await produce(
+                pipeline.kafka,
+                pipeline.topics.jobs,
+                [job(job_id, "debug", prompt="PROMPT-TEXT-7f3")],
+            )
+            await wait_for_events(pipeline.kafka, pipeline.topics.results, {job_id})
+            logs[name] = procs[0].log()
+    assert "PROMPT-TEXT-7f3" not in logs["quiet"]
+    assert "PROMPT-TEXT-7f3" in logs["loud"]
+    assert "BW_DEBUG_LOG_PROMPTS is on" in logs["loud"]

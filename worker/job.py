@@ -239,6 +239,8 @@ class JobRunner:
         reserved = admitted.reservation
         params = dict(job.params.model_dump(exclude_none=True)) if job.params else {}
         messages = [m.model_dump(exclude_none=True) for m in job.messages]
+        if self.settings.debug_log_prompts:
+            log.warning("DEBUG prompt", extra={"job_id": job.job_id, "messages": messages})
         started = time.perf_counter()
         try:
             completion = await self.provider.complete(
@@ -269,6 +271,10 @@ class JobRunner:
             raise
         finally:
             self.metrics.model_seconds.labels(entry.name).observe(time.perf_counter() - started)
+        if self.settings.debug_log_prompts:
+            log.warning(
+                "DEBUG response", extra={"job_id": job.job_id, "response": completion.response}
+            )
         return await self._settle(job, entry, completion)
 
     async def _settle(self, job: CompletionJob, entry: ModelEntry, completion: Completion) -> bytes:

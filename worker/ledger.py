@@ -30,7 +30,7 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.commands.core import AsyncScript
 
 from worker import keys
-from worker.errors import LedgerError, LedgerUnavailable
+from worker.errors import ConfigError, LedgerError, LedgerUnavailable
 
 __all__ = [
     "MAX_NANOUSD",
@@ -440,6 +440,24 @@ class Ledger:
     async def ping(self) -> None:
         """Raise :class:`LedgerUnavailable` unless Redis answers."""
         await self._command("PING")
+
+    async def check_access(self) -> None:
+        """Like :meth:`ping`, but a refusal of the URL's credentials (a wrong user or
+        password, or an ACL without PING) is a :class:`ConfigError`: waiting does not
+        cure it, unlike an outage. The message holds no password."""
+        try:
+            await self._client.execute_command("PING")
+        except (
+            redis_errors.AuthenticationError,
+            redis_errors.AuthenticationWrongNumberOfArgsError,
+            redis_errors.NoPermissionError,
+        ) as exc:
+            raise ConfigError(
+                "Redis refused the worker's credentials (the user and password in "
+                f"BW_REDIS_URL, and its ACL): {type(exc).__name__}: {exc}"
+            ) from None
+        except _CAUGHT as exc:
+            raise _translate(exc) from exc
 
     # -- budgets --------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import json
 import math
 import os
 import random
@@ -276,6 +277,7 @@ _KEY_PATTERN = re.compile(
 _LITELLM_PREFIX = re.compile(r"^(?:litellm\.\w+:\s*)?(?:\w+Error:\s*)?(?:\w+Exception\s*-\s*)?")
 _SECRET_PARAM = re.compile(r"(?i)key|token|secret|password|credential")
 _MIN_PROMPT_FRAGMENT = 8
+_FRAGMENT_CHARS = 16  # quoted runs of a secret's text from about this long are removed
 
 
 def _secrets(litellm_params: Mapping[str, Any], messages: Iterable[Any]) -> list[str]:
@@ -302,15 +304,66 @@ def _secrets(litellm_params: Mapping[str, Any], messages: Iterable[Any]) -> list
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` without known secrets, anything shaped like a key, and capped in length."""
-    for secret in sorted(secrets, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, "[redacted]")
+    """``text`` without known secrets, anything shaped like a key, and capped in length.
+
+    A provider may quote a secret in another form than it was sent: cut short, or
+    escaped as JSON or as a Python repr. Each secret is removed verbatim and in those
+    escaped forms, and then every run of ``_FRAGMENT_CHARS`` or more characters that
+    also occurs in one of those forms is removed as well.
+    """
+    forms = sorted(
+        {form for secret in secrets for form in _quoted_forms(secret)}, key=len, reverse=True
+    )
+    for form in forms:
+        if form in text:
+            text = text.replace(form, "[redacted]")
+    # Fragments are searched in a bounded prefix: the message is capped below anyway.
+    text = _without_fragments(text[: 2 * _MESSAGE_MAX_CHARS], "\0".join(forms))
     text = _KEY_PATTERN.sub("[redacted]", text)
     text = " ".join(text.split())
     if len(text) > _MESSAGE_MAX_CHARS:
         text = text[: _MESSAGE_MAX_CHARS - 3] + "..."
     return text
+
+
+def _quoted_forms(secret: str) -> set[str]:
+    """``secret`` as it may be quoted back: as sent, JSON-escaped (ASCII or not), repr."""
+    forms = {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        repr(secret)[1:-1],
+    }
+    return {form for form in forms if len(form) >= _MIN_PROMPT_FRAGMENT}
+
+
+def _without_fragments(text: str, haystack: str) -> str:
+    """``text`` with the runs of characters that also occur in ``haystack`` replaced by
+    ``[redacted]``: every such run of 23 characters or more (``_FRAGMENT_CHARS`` plus
+    the probe step, less one), and shorter ones down to ``_FRAGMENT_CHARS`` found next
+    to a probe. Windows are probed every ``_FRAGMENT_CHARS // 2`` characters and refined
+    only around a hit: a few dozen substring searches for a prompt of the largest
+    allowed size."""
+    width, step = _FRAGMENT_CHARS, _FRAGMENT_CHARS // 2
+    if not haystack or len(text) < width:
+        return text
+    last = len(text) - width
+    hidden = [False] * len(text)
+    for aligned in range(0, last + 1, step):
+        if text[aligned : aligned + width] not in haystack:
+            continue
+        for start in range(max(0, aligned - step + 1), min(last, aligned + step - 1) + 1):
+            if text[start : start + width] in haystack:
+                hidden[start : start + width] = [True] * width
+    if not any(hidden):
+        return text
+    out: list[str] = []
+    for index, char in enumerate(text):
+        if not hidden[index]:
+            out.append(char)
+        elif index == 0 or not hidden[index - 1]:
+            out.append("[redacted]")
+    return "".join(out)
 
 
 def _provider_message(exc: BaseException) -> str:

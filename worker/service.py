@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from decimal import Decimal
 
 from worker import ledger
+from worker.connections import check_kafka
 from worker.consumer import JobConsumer
-from worker.errors import ConfigError
+from worker.errors import ConfigError, LedgerUnavailable
 from worker.job import JobRunner
 from worker.metrics import HealthServer, Metrics
 from worker.models import ModelList, load_models
@@ -63,8 +64,12 @@ async def serve(
     if settings.debug_log_prompts:
         log.warning("BW_DEBUG_LOG_PROMPTS is on: prompt text may be logged. Never in production.")
     models = model_list(settings, environ)
+    # A wrong address, protocol, certificate or password stops the worker here, with
+    # the reason, rather than leaving the Kafka client retrying in the dark.
+    await check_kafka(settings)
     metrics = Metrics()
     ledger_ = build_ledger(settings)
+    await _check_ledger(ledger_)
     publisher = KafkaPublisher(settings)
     runner = JobRunner(settings, ledger_, models, build_provider(settings), publisher, metrics)
     consumer = JobConsumer(settings, runner, metrics)
@@ -97,6 +102,21 @@ async def serve(
         await health.stop()
         log.info("worker stopped")
     return 0
+
+
+async def _check_ledger(ledger_: ledger.Ledger) -> None:
+    """Refuse to start with credentials Redis rejects; start when Redis is only
+    unreachable (jobs wait for it, as they do in an outage later)."""
+    try:
+        await ledger_.check_access()
+    except ConfigError:
+        await ledger_.close()
+        raise
+    except LedgerUnavailable as exc:
+        log.warning(
+            "Redis unreachable at start-up; jobs wait until it answers",
+            extra={"error": str(exc)},
+        )
 
 
 async def _stop_when_set(stop: asyncio.Event, consumer: JobConsumer) -> None:
