@@ -88,7 +88,6 @@ class JobConsumer:
 
     def stop(self) -> None:
         self._stopping.set()
-        self.runner.stopping.set()
 
     @property
     def in_flight(self) -> int:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
+from schemas.events import RejectReason
 from schemas.jobs import CompletionJob, InvalidJob, JobLimits, UndecodableJob, parse_job
 from worker import admission, ledger
 from worker.errors import LedgerUnavailable, ProviderError
@@ -88,7 +89,6 @@ class JobRunner:
         self.ledger_ok = asyncio.Event()
         self.ledger_ok.set()
         self.slots = Slots(settings.max_in_flight)
-        self.stopping = asyncio.Event()
 
     # --- the path ---------------------------------------------------------------
 
@@ -191,11 +191,9 @@ class JobRunner:
                 continue
             if isinstance(result, ledger.Finished):
                 self._count("republished", "redelivery", job.job_id)
-                return (
-                    with_budget(result.outcome, result.snapshot)
-                    if result.outcome
-                    else (self._lost_outcome(job))
-                )
+                if result.outcome is None:
+                    return self._lost_outcome(job)
+                return with_budget(result.outcome, result.snapshot)
             if isinstance(result, ledger.NoBudget):
                 return await self._finish(job, "no_budget", "user has no budget", wanted)
             if result.limit == "usd":
@@ -369,7 +367,7 @@ class JobRunner:
     async def _finish(
         self,
         job: CompletionJob,
-        reason: str,
+        reason: RejectReason,
         detail: str,
         wanted: Estimate,
         refused: ledger.Refused | None = None,
@@ -379,7 +377,7 @@ class JobRunner:
         """Record a refusal as the job's outcome; a redelivery republishes the same one."""
         outcome = self.outcomes.reject_job(
             job,
-            reason,  # type: ignore[arg-type]
+            reason,
             detail,
             retry_after_s=retry_after_s,
             estimated_cost_nanousd=wanted.cost_nanousd,
@@ -429,9 +427,9 @@ class JobRunner:
 
     # --- small things ---------------------------------------------------------------
 
-    def _reject(self, job: CompletionJob, reason: str, detail: str) -> bytes:
+    def _reject(self, job: CompletionJob, reason: RejectReason, detail: str) -> bytes:
         self._count("rejected", reason, job.job_id)
-        return self.outcomes.reject_job(job, reason, detail)  # type: ignore[arg-type]
+        return self.outcomes.reject_job(job, reason, detail)
 
     def _lost_outcome(self, job: CompletionJob) -> bytes:
         """A job that ended long ago, whose stored event has expired: say so, charge nothing."""
