@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
-from schemas.events import RejectReason
+from schemas.events import RejectReason, encode_event
 from schemas.jobs import CompletionJob, InvalidJob, JobLimits, UndecodableJob, parse_job
 from worker import admission, ledger
 from worker.errors import LedgerUnavailable, ProviderError
 from worker.estimate import Estimate, estimate
 from worker.metrics import Metrics
 from worker.models import ModelEntry, ModelList
-from worker.outcome import Outcomes, with_budget
+from worker.outcome import Outcomes, settled_event, with_budget
 from worker.provider import Completion, Provider
 from worker.publisher import Publisher
 from worker.settings import Settings
@@ -279,15 +279,15 @@ class JobRunner:
         cost = entry.price.cost_nanousd(
             completion.prompt_tokens, completion.completion_tokens, round_up=False
         )
-        provisional = self.outcomes.succeeded(
+        event = self.outcomes.succeeded(
             job,
             response=completion.response,
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
             cost_nanousd=cost,
-            budget=ledger.BudgetSnapshot(0, 0, 0, 0, None),
             attempts=completion.attempts,
         )
+        provisional = encode_event(event)
         started = time.perf_counter()
         # Shielded: once the model has answered, the charge must land even if this
         # task is cancelled by a shutdown.
@@ -311,7 +311,7 @@ class JobRunner:
             )
         self.metrics.spend.labels(job.model).inc(settled.charged_nanousd)
         self._count("succeeded", "", job.job_id)
-        return with_budget(provisional, settled.snapshot)
+        return settled_event(event, settled.snapshot)
 
     # --- ledger access ------------------------------------------------------------
 

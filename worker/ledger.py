@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeAlias, get_args
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import BlockingConnectionPool
+from redis.asyncio.connection import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.commands.core import AsyncScript
@@ -349,11 +349,11 @@ class Ledger:
         """A ledger over a client built from ``url`` (``redis://`` or, for TLS,
         ``rediss://``; user name and password are read from the URL).
 
-        Callers past ``max_connections`` wait for a free connection (at most
-        ``timeout_s``) instead of failing; every socket operation times out after
-        ``timeout_s``. A broken pooled connection is retried once at once (a restarted
-        Redis); anything longer is the caller's to retry on :class:`LedgerUnavailable`.
-        Other keyword arguments go to :class:`Ledger`.
+        Callers past ``max_connections`` wait for a free connection instead of
+        failing; every socket operation times out after ``timeout_s``. A broken pooled
+        connection is retried once at once (a restarted Redis); anything longer is the
+        caller's to retry on :class:`LedgerUnavailable`. Other keyword arguments go to
+        :class:`Ledger`.
         """
         client: RedisClient
         if cluster:
@@ -366,18 +366,20 @@ class Ledger:
                 # A few quick retries ride out a failover's MOVED/reconnect dance.
                 retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.25), 3),
             )
-            kwargs.setdefault("max_in_flight", max_connections)
         else:
-            pool = BlockingConnectionPool.from_url(
+            pool = ConnectionPool.from_url(
                 url,
                 max_connections=max_connections,
-                timeout=timeout_s,
                 socket_timeout=timeout_s,
                 socket_connect_timeout=timeout_s,
                 decode_responses=False,
                 retry=Retry(NoBackoff(), 1, supported_errors=(redis_errors.ConnectionError,)),
             )
             client = aioredis.Redis.from_pool(pool)
+        # Both pools raise instead of waiting when every connection is busy; a
+        # semaphore of the same size makes callers wait, at a fraction of the CPU of
+        # redis-py's BlockingConnectionPool (a Condition and a timeout per command).
+        kwargs.setdefault("max_in_flight", max_connections)
         return cls(client, **kwargs)
 
     async def close(self) -> None:

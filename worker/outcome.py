@@ -39,6 +39,9 @@ def snapshot(state: ledger.BudgetSnapshot | None) -> BudgetSnapshot | None:
     )
 
 
+_UNSETTLED = BudgetSnapshot(limit_nanousd=0, spent_nanousd=0, remaining_nanousd=0, period_end=None)
+
+
 class Outcomes:
     """Event builders for one worker process."""
 
@@ -119,30 +122,33 @@ class Outcomes:
         prompt_tokens: int,
         completion_tokens: int,
         cost_nanousd: int,
-        budget: ledger.BudgetSnapshot,
         attempts: int,
-    ) -> bytes:
-        budget_snapshot = snapshot(budget)
-        assert budget_snapshot is not None
-        return encode_event(
-            CompletionSucceeded(
-                type="completion.succeeded",
-                job_id=job.job_id,
-                user_id=job.user_id,
-                model=job.model,
-                metadata=job.metadata,
-                worker_id=self.worker_id,
-                response=response,
-                usage=Usage(
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    total_tokens=prompt_tokens + completion_tokens,
-                ),
-                cost_nanousd=cost_nanousd,
-                budget=budget_snapshot,
-                attempts=attempts,
-            )
+    ) -> CompletionSucceeded:
+        """The success event, its ``budget`` still zero: the settle fills it in."""
+        return CompletionSucceeded(
+            type="completion.succeeded",
+            job_id=job.job_id,
+            user_id=job.user_id,
+            model=job.model,
+            metadata=job.metadata,
+            worker_id=self.worker_id,
+            response=response,
+            usage=Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            ),
+            cost_nanousd=cost_nanousd,
+            budget=_UNSETTLED,
+            attempts=attempts,
         )
+
+
+def settled_event(event: CompletionSucceeded, budget: ledger.BudgetSnapshot) -> bytes:
+    """The success event as published, with the budget its settle left."""
+    view = snapshot(budget)
+    assert view is not None
+    return encode_event(event.model_copy(update={"budget": view}))
 
 
 def with_budget(outcome: bytes, budget: ledger.BudgetSnapshot | None) -> bytes:
