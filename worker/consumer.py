@@ -32,6 +32,7 @@ from worker.settings import Settings
 log = logging.getLogger("budget_worker.consumer")
 
 COMMIT_INTERVAL_S = 0.5
+SLOT_WAIT_S = 0.5
 
 
 class JobConsumer:
@@ -67,7 +68,7 @@ class JobConsumer:
         committer = asyncio.create_task(self._commit_loop())
         try:
             while not self._stopping.is_set():
-                ready = self._pause_unless_ready()
+                ready = await self._wait_until_ready()
                 # Polled even while paused, so the group does not evict a quiet member.
                 batch = await self._consumer.getmany(
                     timeout_ms=200 if ready else 100, max_records=max(self.runner.slots.free, 1)
@@ -77,8 +78,6 @@ class JobConsumer:
                 for partition, records in batch.items():
                     for record in records:
                         self._start(partition, record)
-                if not ready:
-                    await self.runner.slots.wait_free(0.1)
         finally:
             self.started = False
             committer.cancel()
@@ -95,8 +94,16 @@ class JobConsumer:
 
     # --- fetching -------------------------------------------------------------------
 
-    def _pause_unless_ready(self) -> bool:
-        """Pause the assigned partitions while no slot is free or Redis is down."""
+    async def _wait_until_ready(self) -> bool:
+        """True when a slot is free and Redis is up; otherwise pause the partitions.
+
+        A slot that frees within ``SLOT_WAIT_S`` is waited for without pausing: with
+        short calls slots free all the time, and each pause drops the client's
+        prefetched records (a fresh fetch on resume). Unpaused, the client buffers at
+        most one fetch per partition, so waiting briefly is bounded too.
+        """
+        if self.runner.slots.free <= 0 and self.runner.ledger_ok.is_set():
+            await self.runner.slots.wait_free(SLOT_WAIT_S)
         ready = self.runner.slots.free > 0 and self.runner.ledger_ok.is_set()
         if ready == self._paused:
             partitions = self._consumer.assignment()
