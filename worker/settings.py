@@ -59,7 +59,13 @@ class Settings(BaseSettings):
     kafka_ssl_check_hostname: bool = True
     kafka_request_timeout_ms: int = Field(default=30_000, gt=0)
     kafka_fetch_max_wait_ms: int = Field(
-        default=100, ge=0, description="How long a fetch waits for data; bounds idle latency."
+        default=10,
+        ge=0,
+        description=(
+            "How long a fetch waits for data. Some brokers answer a fetch only when this "
+            "runs out, so it adds up to its value to an idle worker's latency "
+            "(bench/latency: 100 ms gave 44 ms p50 at light load, 10 ms gave 22 ms)."
+        ),
     )
     kafka_linger_ms: int = Field(default=0, ge=0, description="Producer batching delay.")
 
