@@ -18,9 +18,12 @@ import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.utils import HIREDIS_AVAILABLE
 
 from bench.harness import Context, Report, median, percentile, spread
 from worker.ledger import Budget, Ledger
+
+PARSER = "with hiredis" if HIREDIS_AVAILABLE else "without hiredis"
 
 NAME = "admission"
 GOAL_P99_MS = 1.0
@@ -219,7 +222,7 @@ async def run(ctx: Context) -> Report:
     report.notes += [
         f"{ops} reserve+settle pairs per level and repetition, {reps} repetitions "
         "(median, min-max of the repetitions' percentiles); INCRBY runs twice as many calls. "
-        "Redis 7 on the same machine, redis-py without hiredis, one asyncio process.",
+        f"Redis 7 on the same machine, redis-py {PARSER}, one asyncio process.",
         "Closed loop: at c callers each call waits for the c-1 others, so p50 is about "
         "c / throughput. The client's CPU per call, not Redis, sets the throughput: compare "
         "the Redis µs per script with the time per pair. Even a bare INCRBY misses 1 ms at "

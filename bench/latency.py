@@ -46,8 +46,8 @@ from bench.pipeline import pipeline_rate
 NAME = "latency"
 GOAL_P99_MS = 10.0
 PROVIDER_MS = 20
-DEFAULTS = (100, 0)
-SETTINGS = ((100, 0), (10, 0), (10, 5), (500, 0))
+DEFAULTS = (10, 0)
+SETTINGS = ((10, 0), (100, 0), (10, 5), (500, 0))
 """(BW_KAFKA_FETCH_MAX_WAIT_MS, BW_KAFKA_LINGER_MS); the first is the default."""
 
 
