@@ -261,6 +261,13 @@ class EmbeddedRedisCluster:
         return self.nodes[0].url
 
     def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()  # never leave half a cluster running
+            raise
+
+    def _start(self) -> None:
         for node in self.nodes:
             node.start()
         cli = shutil.which("redis-cli") or shutil.which("valkey-cli")
