@@ -33,6 +33,27 @@ OPEN_RATES = (200, 1000)
 USERS = 1000
 
 
+async def timed_pair(
+    ledger: Ledger, user: str, job_id: str, reserve_ms: list[float], settle_ms: list[float]
+) -> None:
+    """One reserve and its settle, each timed in ms (the worker's two ledger steps)."""
+    t0 = time.perf_counter()
+    await ledger.reserve(
+        user, job_id, cost_nanousd=50_000, tokens=300, lease_ms=60_000, holder="bench"
+    )
+    t1 = time.perf_counter()
+    await ledger.settle(
+        user,
+        job_id,
+        cost_nanousd=30_000,
+        tokens=200,
+        model="gpt-4o-mini",
+        outcome=b'{"type":"bench"}',
+    )
+    reserve_ms.append((t1 - t0) * 1000)
+    settle_ms.append((time.perf_counter() - t1) * 1000)
+
+
 async def _measure(ledger: Ledger, client: Any, concurrency: int, ops: int) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
     users = [f"adm-{run}-{i}" for i in range(USERS)]
@@ -48,23 +69,7 @@ async def _measure(ledger: Ledger, client: Any, concurrency: int, ops: int) -> d
     async def ledger_caller(index: int) -> None:
         user = users[index % USERS]
         for n in range(per_caller):
-            job_id = f"j-{run}-{index}-{n}"
-            t0 = time.perf_counter()
-            await ledger.reserve(
-                user, job_id, cost_nanousd=50_000, tokens=300, lease_ms=60_000, holder="bench"
-            )
-            t1 = time.perf_counter()
-            await ledger.settle(
-                user,
-                job_id,
-                cost_nanousd=30_000,
-                tokens=200,
-                model="gpt-4o-mini",
-                outcome=b'{"type":"bench"}',
-            )
-            t2 = time.perf_counter()
-            reserve_ms.append((t1 - t0) * 1000)
-            settle_ms.append((t2 - t1) * 1000)
+            await timed_pair(ledger, user, f"j-{run}-{index}-{n}", reserve_ms, settle_ms)
 
     started = time.perf_counter()
     await asyncio.gather(*(ledger_caller(i) for i in range(concurrency)))
@@ -108,22 +113,7 @@ async def _measure_open(ledger: Ledger, client: Any, rate: float, ops: int) -> d
     rng = random.Random(ops)
 
     async def pair(index: int) -> None:
-        user, job_id = users[index % USERS], f"o-{run}-{index}"
-        t0 = time.perf_counter()
-        await ledger.reserve(
-            user, job_id, cost_nanousd=50_000, tokens=300, lease_ms=60_000, holder="bench"
-        )
-        t1 = time.perf_counter()
-        await ledger.settle(
-            user,
-            job_id,
-            cost_nanousd=30_000,
-            tokens=200,
-            model="gpt-4o-mini",
-            outcome=b'{"type":"bench"}',
-        )
-        reserve_ms.append((t1 - t0) * 1000)
-        settle_ms.append((time.perf_counter() - t1) * 1000)
+        await timed_pair(ledger, users[index % USERS], f"o-{run}-{index}", reserve_ms, settle_ms)
 
     tasks = []
     next_at = time.perf_counter()

@@ -33,6 +33,7 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from worker.embedded import EmbeddedKafka, EmbeddedRedis, free_port, scratch_dir, wait_for_port
+from worker.metrics import wait_until_ready
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -484,18 +485,10 @@ class WorkerProcess(ChildProcess):
         )
 
     async def wait_ready(self, timeout_s: float = 90) -> None:
-        deadline = time.monotonic() + timeout_s
-        url = f"http://127.0.0.1:{self.metrics_port}/readyz"
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                if not self.alive():
-                    raise RuntimeError(f"worker exited early:\n{self.log_tail()}")
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(url) as response:
-                        if response.status == 200:
-                            return
-                await asyncio.sleep(0.1)
-        raise TimeoutError(f"worker not ready:\n{self.log_tail()}")
+        try:
+            await wait_until_ready(self.metrics_port, self.alive, timeout_s)
+        except (RuntimeError, TimeoutError) as exc:
+            raise type(exc)(f"{exc}:\n{self.log_tail()}") from None
 
     def peak_rss_mb(self) -> float | None:
         kb = vm_hwm_kb(self.pid) if self.alive() else None

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from worker.embedded import EmbeddedKafka, free_port
+from worker.metrics import wait_until_ready
 from worker.settings import Settings
 
 MODEL = "gpt-4o-mini"
@@ -113,19 +113,13 @@ class WorkerProcess:
             )
 
     async def wait_ready(self, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        url = f"http://127.0.0.1:{self.metrics_port}/readyz"
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"worker exited early:\n{self.log()[-3000:]}")
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(url) as response:
-                        if response.status == 200:
-                            return
-                await asyncio.sleep(0.2)
-        raise TimeoutError(f"worker not ready:\n{self.log()[-3000:]}")
+        def alive() -> bool:
+            return self.process is not None and self.process.poll() is None
+
+        try:
+            await wait_until_ready(self.metrics_port, alive, timeout_s)
+        except (RuntimeError, TimeoutError) as exc:
+            raise type(exc)(f"{exc}:\n{self.log()[-3000:]}") from None
 
     def signal(self, sig: signal.Signals) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -6,9 +6,12 @@ renaming one is a breaking change.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -111,3 +114,25 @@ class HealthServer:
     async def _readyz(self, _: web.Request) -> web.Response:
         ready = self._ready()
         return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+
+async def wait_until_ready(
+    port: int, alive: Callable[[], bool], timeout_s: float, host: str = "127.0.0.1"
+) -> None:
+    """Poll a worker's ``/readyz`` until it answers 200 (tests, demo, benchmarks).
+
+    Raises ``RuntimeError`` as soon as ``alive()`` is false, ``TimeoutError`` at the
+    deadline.
+    """
+    deadline = time.monotonic() + timeout_s
+    url = f"http://{host}:{port}/readyz"
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if not alive():
+                raise RuntimeError("worker exited before it was ready")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"worker not ready within {timeout_s} s")
