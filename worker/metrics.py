@@ -15,6 +15,9 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -27,11 +30,14 @@ _CALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 
 
 class Metrics:
-    """All metrics of one worker process, in a registry of their own."""
+    """All metrics of one worker process, in a registry of their own, with the
+    standard process (CPU, memory, file descriptors), Python GC and platform ones."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        for collector in (PROCESS_COLLECTOR, GC_COLLECTOR, PLATFORM_COLLECTOR):
+            r.register(collector)
         self.jobs = Counter(
             "bw_jobs", "Jobs finished, by outcome and reason.", ["outcome", "reason"], registry=r
         )

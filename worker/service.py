@@ -4,6 +4,7 @@ clients, health server -> consume until SIGTERM/SIGINT -> drain, commit, exit 0.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Mapping
@@ -82,6 +83,7 @@ async def serve(
         watcher = asyncio.create_task(_stop_when_set(stop, consumer))
     await health.start(settings.metrics_host, settings.metrics_port)
     await publisher.start()
+    freeze_start_up_objects()
     log.info(
         "worker started",
         extra={
@@ -102,6 +104,18 @@ async def serve(
         await health.stop()
         log.info("worker stopped")
     return 0
+
+
+def freeze_start_up_objects() -> None:
+    """Move everything allocated so far out of the garbage collector's sight.
+
+    litellm leaves about 400,000 long-lived objects behind at import; every full
+    collection walks all of them, which stalls the event loop for about 0.2 s on the
+    development machine (every job in flight waits). They live as long as the process,
+    so scanning them finds nothing: frozen, a full collection scans only what jobs
+    allocate."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _check_ledger(ledger_: ledger.Ledger) -> None:
