@@ -675,13 +675,18 @@ def outcome_counts(events: Iterable[Event]) -> dict[str, int]:
 
 
 async def bare_litellm(
-    api_base: str, concurrency: int, calls: int, max_tokens: int
+    api_base: str, concurrency: int, calls: int, max_tokens: int, freeze: bool = False
 ) -> dict[str, Any]:
     """``calls`` litellm.acompletion calls with ``concurrency`` in flight, the same
-    arguments the worker's provider passes. Completion times are relative to the start."""
+    arguments the worker's provider passes. Completion times are relative to the start.
+    ``freeze``: hide the start-up objects from the garbage collector, as the worker does."""
     # Through the worker's provider module: it sets litellm up offline (cost map,
     # tokenizer files) before litellm's first import, and warms it up, as in the worker.
     from worker.provider import litellm  # type: ignore[attr-defined]
+    from worker.service import freeze_start_up_objects
+
+    if freeze:
+        freeze_start_up_objects()
 
     kwargs = {
         "model": LITELLM_MODEL,
@@ -730,7 +735,13 @@ async def bare_litellm(
 
 
 def run_bare_litellm(
-    workdir: Path, api_base: str, concurrency: int, calls: int, max_tokens: int
+    workdir: Path,
+    api_base: str,
+    concurrency: int,
+    calls: int,
+    max_tokens: int,
+    *,
+    freeze: bool = False,
 ) -> dict[str, Any]:
     """``bare_litellm`` in a fresh process of its own (as the worker has one)."""
     out = workdir / f"bare-{uuid.uuid4().hex[:8]}.json"
@@ -749,6 +760,7 @@ def run_bare_litellm(
         str(max_tokens),
         "--out",
         str(out),
+        *(["--freeze"] if freeze else []),
     ]
     subprocess.run(argv, check=True, timeout=600, stdin=subprocess.DEVNULL)
     result: dict[str, Any] = json.loads(out.read_text())
@@ -815,12 +827,13 @@ def main(argv: list[str] | None = None) -> None:
     bare.add_argument("--calls", type=int, required=True)
     bare.add_argument("--max-tokens", type=int, default=16)
     bare.add_argument("--out", type=Path, required=True)
+    bare.add_argument("--freeze", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "fake-provider":
         _serve_fake(args.port, args.latency_ms, args.output_tokens, args.timings)
     else:
         result = asyncio.run(
-            bare_litellm(args.api_base, args.concurrency, args.calls, args.max_tokens)
+            bare_litellm(args.api_base, args.concurrency, args.calls, args.max_tokens, args.freeze)
         )
         args.out.write_text(json.dumps(result))
 
