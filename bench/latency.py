@@ -25,6 +25,9 @@ import random
 import time
 from typing import Any
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
 from bench.harness import (
     Context,
     EventReader,
@@ -75,7 +78,7 @@ async def _measure(
     async with (
         Producer(ctx.infra.bootstrap) as producer,
         EventReader(ctx.infra.bootstrap, topics.results) as reader,
-        running_workers(env, ctx.workdir, 1),
+        running_workers(env, ctx.workdir, 1) as procs,
     ):
         # Warm-up: connections, the first fetches, the first call.
         warm = ctx.pick(1, 5, 5)
@@ -84,6 +87,7 @@ async def _measure(
             await producer.send(topics.jobs, body)
             await reader.wait_for_job(body["job_id"], 60)
         await fake.timings()
+        steps_before = await _step_seconds(procs[0].metrics_port)
         light_ids = []
         deadline = time.monotonic() + light_max_s
         for n in range(light_jobs):
@@ -93,6 +97,7 @@ async def _measure(
             sent[body["job_id"]] = ("light", await producer.send(topics.jobs, body))
             light_ids.append(body["job_id"])
             await reader.wait_for_job(body["job_id"], 60)
+        steps_after = await _step_seconds(procs[0].metrics_port)
         tasks = []
         end = time.monotonic() + half_s
         n = 0
@@ -112,8 +117,12 @@ async def _measure(
     out: dict[str, list[float]] = {
         f"{phase}_{part}": []
         for phase in ("light", "half")
-        for part in ("publish", "receipt", "before", "after", "delivery")
+        for part in ("publish", "receipt", "before", "after", "delivery", "total", "provider")
     }
+    jobs = steps_after["count"] - steps_before["count"]
+    out["light_steps"] = [
+        1000 * (steps_after[step] - steps_before[step]) / max(jobs, 1) for step in STEPS
+    ]
     for job_id, (phase, sent_at) in sent.items():
         event = reader.events[job_id]
         if event.type != "completion.succeeded":
@@ -125,7 +134,28 @@ async def _measure(
         out[f"{phase}_before"].append((arrived - sent_at) * 1000)
         out[f"{phase}_after"].append((event.produced_s - replied) * 1000)
         out[f"{phase}_delivery"].append((event.received_s - event.produced_s) * 1000)
+        out[f"{phase}_total"].append((event.received_s - sent_at) * 1000)
+        out[f"{phase}_provider"].append(provider_s * 1000)
     return out
+
+
+STEPS = ("bw_model_call_seconds", "bw_reserve_seconds", "bw_settle_seconds")
+
+
+async def _step_seconds(metrics_port: int) -> dict[str, float]:
+    """Seconds spent so far in each of the worker's timed steps, and the model calls
+    made, read from its /metrics."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        text = await response.text()
+    found = dict.fromkeys((*STEPS, "count"), 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith("_sum") and sample.name[:-4] in STEPS:
+                found[sample.name[:-4]] += sample.value
+            elif sample.name == "bw_model_call_seconds_count":
+                found["count"] += sample.value
+    return found
 
 
 async def _bare(ctx: Context, fake: FakeProvider, calls: int) -> dict[str, list[float]]:
@@ -170,6 +200,7 @@ async def run(ctx: Context) -> Report:
     fake.start()
     light_p99_default: list[float] = []
     light_p50_default: list[float] = []
+    split = ""
     bare_p50 = math.nan
     try:
         if ctx.size == "smoke":
@@ -228,6 +259,7 @@ async def run(ctx: Context) -> Report:
                 if (fetch_ms, linger_ms) == DEFAULTS and phase == "light":
                     light_p99_default = [percentile(r["light_receipt"], 99) for r in results]
                     light_p50_default = [percentile(r["light_receipt"], 50) for r in results]
+                    split = _light_split(results)
 
         def bcell(key: str, q: float, rs: list[dict[str, list[float]]] = bare) -> str:
             return spread([percentile(r[key], q) for r in rs], "{:.1f}")
@@ -275,5 +307,23 @@ async def run(ctx: Context) -> Report:
         "litellm's own set-up), the provider's reply to the event's record timestamp "
         "(litellm's response handling, settle, event), and that timestamp to receipt here "
         "(the worker's producer, the broker, this reader).",
+        split,
     ]
     return report
+
+
+def _light_split(results: list[dict[str, list[float]]]) -> str:
+    """Where a light-load job's time goes, as means per job from the worker's own
+    histograms: what is litellm's, what is the ledger's, and the rest."""
+    total = median([sum(r["light_total"]) / len(r["light_total"]) for r in results])
+    provider = median([sum(r["light_provider"]) / len(r["light_provider"]) for r in results])
+    model, reserve, settle = (median([r["light_steps"][i] for r in results]) for i in range(3))
+    rest = total - model - reserve - settle
+    return (
+        f"Light load with the defaults, means per job from the worker's histograms: "
+        f"enqueue to receipt {total:.1f} ms = the litellm call {model:.1f} ms (the "
+        f"provider's own {provider:.1f} ms, so litellm's own {model - provider:.1f} ms) + "
+        f"reserve {reserve:.1f} ms + settle {settle:.1f} ms + the rest {rest:.1f} ms (Kafka "
+        "both ways, decoding, estimating, building the event). Without litellm's own time "
+        f"the worker adds {total - model:.1f} ms."
+    )
