@@ -133,6 +133,7 @@ async def profile(
     infra.start()
     fake = FakeProvider(infra.workdir, latency_ms=latency_ms, output_tokens=16)
     fake.start()
+    out_dir.mkdir(parents=True, exist_ok=True)
     raw = out_dir / "worker-profile.txt"
     spies: list[asyncio.subprocess.Process] = []
     window: list[float] = []
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=3000)
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument("--out", type=Path, default=Path("bench/out"))
     parser.add_argument("--svg", action="store_true")
     parser.add_argument("--raw", type=Path, help="summarize an existing raw profile and exit")
     args = parser.parse_args(argv)
