@@ -34,6 +34,7 @@ from bench.harness import (
     FakeProvider,
     Producer,
     Report,
+    cpu_seconds,
     job_body,
     median,
     percentile,
@@ -80,6 +81,12 @@ async def _measure(
         EventReader(ctx.infra.bootstrap, topics.results) as reader,
         running_workers(env, ctx.workdir, 1) as procs,
     ):
+        # What an idle worker costs with this fetch wait: it polls the broker all the time.
+        idle_s = ctx.pick(1.0, 3.0, 5.0)
+        await asyncio.sleep(ctx.pick(0.5, 1.0, 1.0))  # past joining the group
+        idle_from = cpu_seconds(procs[0].pid) or 0.0
+        await asyncio.sleep(idle_s)
+        idle_cpu = ((cpu_seconds(procs[0].pid) or 0.0) - idle_from) / idle_s
         # Warm-up: connections, the first fetches, the first call.
         warm = ctx.pick(1, 5, 5)
         for n in range(warm):
@@ -119,6 +126,7 @@ async def _measure(
         for phase in ("light", "half")
         for part in ("publish", "receipt", "before", "after", "delivery", "total", "provider")
     }
+    out["idle_cpu"] = [idle_cpu]
     jobs = steps_after["count"] - steps_before["count"]
     out["light_steps"] = [
         1000 * (steps_after[step] - steps_before[step]) / max(jobs, 1) for step in STEPS
@@ -201,6 +209,7 @@ async def run(ctx: Context) -> Report:
     light_p99_default: list[float] = []
     light_p50_default: list[float] = []
     split = ""
+    idle_notes: list[str] = []
     bare_p50 = math.nan
     try:
         if ctx.size == "smoke":
@@ -256,6 +265,9 @@ async def run(ctx: Context) -> Report:
                         cell(f"{phase}_delivery", 50),
                     ]
                 )
+                if phase == "light" and linger_ms == 0:
+                    idle = median([r["idle_cpu"][0] for r in results])
+                    idle_notes.append(f"{fetch_ms} ms: {100 * idle:.1f}%")
                 if (fetch_ms, linger_ms) == DEFAULTS and phase == "light":
                     light_p99_default = [percentile(r["light_receipt"], 99) for r in results]
                     light_p50_default = [percentile(r["light_receipt"], 50) for r in results]
@@ -308,6 +320,9 @@ async def run(ctx: Context) -> Report:
         "(litellm's response handling, settle, event), and that timestamp to receipt here "
         "(the worker's producer, the broker, this reader).",
         split,
+        "CPU of an idle worker (no jobs, the seconds before the warm-up), in % of one core, "
+        "by fetch wait: " + "; ".join(idle_notes) + ". An idle consumer sends a fetch per "
+        "fetch wait; the broker answers each.",
     ]
     return report
 

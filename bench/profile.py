@@ -133,7 +133,6 @@ async def profile(
     infra.start()
     fake = FakeProvider(infra.workdir, latency_ms=latency_ms, output_tokens=16)
     fake.start()
-    out_dir.mkdir(parents=True, exist_ok=True)
     raw = out_dir / "worker-profile.txt"
     spies: list[asyncio.subprocess.Process] = []
     window: list[float] = []
@@ -205,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         print(summarize(args.raw))
         return
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    args.out.mkdir(parents=True, exist_ok=True)
     out = asyncio.run(profile(args.jobs, args.in_flight, args.latency_ms, args.out, args.svg))
     print(
         f"worker: {out['rate']:.0f} jobs/s; outcomes {out['outcomes']}; "
