@@ -314,6 +314,15 @@ async def test_no_secret_prompt_or_response_leaks_on_any_path(
     # Logs: nothing at all, on any path.
     assert "job succeeded" in log and "job sent to the DLQ" in log, "the log was captured"
     assert leaks(log) == []
+    # Each job's one line says how long its model call took (retries included).
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    model_ms = {
+        line["job_id"]: line.get("model_ms")
+        for line in lines
+        if line["msg"].startswith("job ") and "job_id" in line
+    }
+    assert model_ms["leak-ok"] > 0 and model_ms["leak-500"] > 0
+    assert model_ms["leak-budget"] is None  # refused: no model call
 
     # Events: the response in the succeeded event's response field, nothing elsewhere.
     for job_id, event in events.items():

@@ -249,6 +249,7 @@ class JobRunner:
                 before_retry=lambda attempt, delay_s: self._before_retry(job, reserved, entry),
             )
         except ProviderError as exc:
+            model_ms = self._model_call_ended(entry, started)
             attempts = int(getattr(exc, "attempts", 1))
             outcome = self.outcomes.failed(
                 job,
@@ -260,22 +261,31 @@ class JobRunner:
             await self._ledger(
                 lambda: self.ledger.release(job.user_id, job.job_id, outcome=outcome)
             )
-            self._count("failed", exc.error_type, job.job_id)
+            self._count("failed", exc.error_type, job.job_id, model_ms=model_ms)
             return outcome
         except BaseException:
             # Cancelled (shutdown past its grace) or broken: free the money now rather
             # than at lease expiry. The job is redelivered: its offset is not committed.
+            self._model_call_ended(entry, started)
             await _quietly(self.ledger.release(job.user_id, job.job_id))
             raise
-        finally:
-            self.metrics.model_seconds.labels(entry.name).observe(time.perf_counter() - started)
+        model_ms = self._model_call_ended(entry, started)
         if self.settings.debug_log_prompts:
             log.warning(
                 "DEBUG response", extra={"job_id": job.job_id, "response": completion.response}
             )
-        return await self._settle(job, entry, completion)
+        return await self._settle(job, entry, completion, model_ms)
 
-    async def _settle(self, job: CompletionJob, entry: ModelEntry, completion: Completion) -> bytes:
+    def _model_call_ended(self, entry: ModelEntry, started: float) -> float:
+        """Record the model call's time (retries included); its milliseconds, for the
+        job's log line."""
+        elapsed_s = time.perf_counter() - started
+        self.metrics.model_seconds.labels(entry.name).observe(elapsed_s)
+        return round(elapsed_s * 1000, 1)
+
+    async def _settle(
+        self, job: CompletionJob, entry: ModelEntry, completion: Completion, model_ms: float
+    ) -> bytes:
         cost = entry.price.cost_nanousd(
             completion.prompt_tokens, completion.completion_tokens, round_up=False
         )
@@ -305,12 +315,12 @@ class JobRunner:
         )
         self.metrics.settle_seconds.observe(time.perf_counter() - started)
         if not settled.first:
-            self._count("republished", "settled_before", job.job_id)
+            self._count("republished", "settled_before", job.job_id, model_ms=model_ms)
             return (
                 with_budget(settled.outcome, settled.snapshot) if settled.outcome else provisional
             )
         self.metrics.spend.labels(job.model).inc(settled.charged_nanousd)
-        self._count("succeeded", "", job.job_id)
+        self._count("succeeded", "", job.job_id, model_ms=model_ms)
         return settled_event(event, settled.snapshot)
 
     # --- ledger access ------------------------------------------------------------
@@ -447,9 +457,10 @@ class JobRunner:
             return job.reply_to
         return self.settings.results_topic
 
-    def _count(self, outcome: str, reason: str, job_id: str) -> None:
+    def _count(self, outcome: str, reason: str, job_id: str, **timings: float) -> None:
+        """Count the job's outcome and log its one line (``timings``: e.g. ``model_ms``)."""
         self.metrics.jobs.labels(outcome, reason).inc()
-        log.info("job %s", outcome, extra={"job_id": job_id, "reason": reason})
+        log.info("job %s", outcome, extra={"job_id": job_id, "reason": reason, **timings})
 
 
 def _retry_s(retry_after_ms: int | None) -> float | None:
