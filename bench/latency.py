@@ -20,9 +20,12 @@ how long the producer may wait to fill a batch. The half-load run sends jobs at 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import math
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -121,10 +124,9 @@ async def _measure(
             del sent_at
         await reader.wait_for(len(sent) + warm, timeout_s=120)
         timings = await fake.timings()
+        model_ms = _model_ms_by_job(procs[0].log_path)
     out: dict[str, list[float]] = {
-        f"{phase}_{part}": []
-        for phase in ("light", "half")
-        for part in ("publish", "receipt", "before", "after", "delivery", "total", "provider")
+        f"{phase}_{part}": [] for phase in ("light", "half") for part in PARTS
     }
     out["idle_cpu"] = [idle_cpu]
     jobs = steps_after["count"] - steps_before["count"]
@@ -144,9 +146,25 @@ async def _measure(
         out[f"{phase}_delivery"].append((event.received_s - event.produced_s) * 1000)
         out[f"{phase}_total"].append((event.received_s - sent_at) * 1000)
         out[f"{phase}_provider"].append(provider_s * 1000)
+        if job_id in model_ms:
+            out[f"{phase}_own"].append((event.received_s - sent_at) * 1000 - model_ms[job_id])
     return out
 
 
+def _model_ms_by_job(log_path: Path) -> dict[str, float]:
+    """Each job's model-call time, from the ``model_ms`` of its line in the worker's log."""
+    found = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        if '"model_ms"' not in line:
+            continue
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            entry = json.loads(line)
+            found[entry["job_id"]] = float(entry["model_ms"])
+    return found
+
+
+PARTS = ("publish", "receipt", "before", "after", "delivery", "total", "provider", "own")
+"""Per-job figures kept for each phase (ms); see ``_measure``."""
 STEPS = ("bw_model_call_seconds", "bw_reserve_seconds", "bw_settle_seconds")
 
 
@@ -202,6 +220,8 @@ async def run(ctx: Context) -> Report:
             "enqueue to call p50 ms",
             "reply to publish p50 ms",
             "publish to receipt p50 ms",
+            "worker's own p50 ms",
+            "worker's own p99 ms",
         ],
     )
     fake = FakeProvider(ctx.workdir, latency_ms=PROVIDER_MS, output_tokens=16, timings=True)
@@ -209,6 +229,7 @@ async def run(ctx: Context) -> Report:
     light_p99_default: list[float] = []
     light_p50_default: list[float] = []
     split = ""
+    own_default: list[tuple[float, float]] = []
     idle_notes: list[str] = []
     bare_p50 = math.nan
     try:
@@ -263,6 +284,8 @@ async def run(ctx: Context) -> Report:
                         cell(f"{phase}_before", 50),
                         cell(f"{phase}_after", 50),
                         cell(f"{phase}_delivery", 50),
+                        cell(f"{phase}_own", 50),
+                        cell(f"{phase}_own", 99),
                     ]
                 )
                 if phase == "light" and linger_ms == 0:
@@ -271,6 +294,10 @@ async def run(ctx: Context) -> Report:
                 if (fetch_ms, linger_ms) == DEFAULTS and phase == "light":
                     light_p99_default = [percentile(r["light_receipt"], 99) for r in results]
                     light_p50_default = [percentile(r["light_receipt"], 50) for r in results]
+                    own_default = [
+                        (percentile(r["light_own"], 50), percentile(r["light_own"], 99))
+                        for r in results
+                    ]
                     split = _light_split(results)
 
         def bcell(key: str, q: float, rs: list[dict[str, list[float]]] = bare) -> str:
@@ -289,6 +316,8 @@ async def run(ctx: Context) -> Report:
                 bcell("before", 50),
                 bcell("after", 50),
                 "-",
+                "-",
+                "-",
             ]
         )
         bare_p50 = median([percentile(r["added"], 50) for r in bare])
@@ -299,7 +328,9 @@ async def run(ctx: Context) -> Report:
         f"light-load p99 with the defaults {p99:.1f} ms: goal "
         f"{'met' if p99 <= GOAL_P99_MS else 'NOT met'}; p50 {median(light_p50_default):.1f} ms "
         f"against {bare_p50:.1f} ms for bare litellm (the worker adds "
-        f"{median(light_p50_default) - bare_p50:.1f} ms to what litellm itself adds)"
+        f"{median(light_p50_default) - bare_p50:.1f} ms to what litellm itself adds); "
+        f"the worker's own share, per job: p50 {median([o[0] for o in own_default]):.1f} ms, "
+        f"p99 {median([o[1] for o in own_default]):.1f} ms"
     )
     report.notes += [
         f"Fake provider latency {PROVIDER_MS} ms (its measured time is subtracted per job); "
@@ -318,7 +349,9 @@ async def run(ctx: Context) -> Report:
         "provider's receipt of the request (Kafka delivery, decode, estimate, reserve, "
         "litellm's own set-up), the provider's reply to the event's record timestamp "
         "(litellm's response handling, settle, event), and that timestamp to receipt here "
-        "(the worker's producer, the broker, this reader).",
+        "(the worker's producer, the broker, this reader). The worker's own columns: "
+        "enqueue to receipt minus the model call as the worker timed it (`model_ms` in "
+        "its log line), i.e. everything but the provider and litellm's own time.",
         split,
         "CPU of an idle worker (no jobs, the seconds before the warm-up), in % of one core, "
         "by fetch wait: " + "; ".join(idle_notes) + ". An idle consumer sends a fetch per "
