@@ -393,7 +393,7 @@ class Ledger:
     async def _run(self, name: str, keys_: Sequence[str], args: Sequence[str | bytes]) -> Any:
         """Script ``name`` by EVALSHA, loading it first where the server lacks it (a new
         or restarted Redis). Called directly rather than through redis-py's Script
-        object, whose per-call checks cost a tenth of the round trip."""
+        object, whose per-call client type checks are overhead the ledger does not need."""
         try:
             if self._gate is None:
                 return await self._evalsha(name, keys_, args)
