@@ -36,13 +36,22 @@ USERS = 1000
 
 
 async def timed_pair(
-    ledger: Ledger, user: str, job_id: str, reserve_ms: list[float], settle_ms: list[float]
+    ledger: Ledger,
+    user: str,
+    job_id: str,
+    reserve_ms: list[float],
+    settle_ms: list[float],
+    model_s: float = 0.0,
 ) -> None:
-    """One reserve and its settle, each timed in ms (the worker's two ledger steps)."""
+    """One reserve and its settle, each timed in ms (the worker's two ledger steps), with
+    ``model_s`` between them where a worker waits on the model."""
     t0 = time.perf_counter()
     await ledger.reserve(
         user, job_id, cost_nanousd=50_000, tokens=300, lease_ms=60_000, holder="bench"
     )
+    reserve_ms.append((time.perf_counter() - t0) * 1000)
+    if model_s:
+        await asyncio.sleep(model_s)
     t1 = time.perf_counter()
     await ledger.settle(
         user,
@@ -52,16 +61,21 @@ async def timed_pair(
         model="gpt-4o-mini",
         outcome=b'{"type":"bench"}',
     )
-    reserve_ms.append((t1 - t0) * 1000)
     settle_ms.append((time.perf_counter() - t1) * 1000)
 
 
-async def _measure(ledger: Ledger, client: Any, concurrency: int, ops: int) -> dict[str, Any]:
-    run = uuid.uuid4().hex[:8]
+async def _users(ledger: Ledger, run: str) -> list[str]:
+    """``USERS`` fresh users of run ``run``, each with a budget far from its cap."""
     users = [f"adm-{run}-{i}" for i in range(USERS)]
     budget = Budget(limit_nanousd=10**14, period="none")
     for start in range(0, USERS, 100):
         await asyncio.gather(*(ledger.set_budget(u, budget) for u in users[start : start + 100]))
+    return users
+
+
+async def _measure(ledger: Ledger, client: Any, concurrency: int, ops: int) -> dict[str, Any]:
+    run = uuid.uuid4().hex[:8]
+    users = await _users(ledger, run)
     reserve_ms: list[float] = []
     settle_ms: list[float] = []
     incr_ms: list[float] = []
@@ -109,10 +123,7 @@ async def _measure_in_flight(
     (exponential, mean ``model_ms``), settles, and starts its next job. The same pattern
     with an ``INCRBY`` in place of each script gives the floor."""
     run = uuid.uuid4().hex[:8]
-    users = [f"adm-flight-{run}-{i}" for i in range(USERS)]
-    budget = Budget(limit_nanousd=10**14, period="none")
-    for start in range(0, USERS, 100):
-        await asyncio.gather(*(ledger.set_budget(u, budget) for u in users[start : start + 100]))
+    users = await _users(ledger, run)
     reserve_ms: list[float] = []
     settle_ms: list[float] = []
     incr_ms: list[float] = []
@@ -123,23 +134,8 @@ async def _measure_in_flight(
         user = users[index % USERS]
         await asyncio.sleep(rng.random() * model_ms / 1000)  # not all in step
         for n in range(per_caller):
-            job_id = f"f-{run}-{index}-{n}"
-            t0 = time.perf_counter()
-            await ledger.reserve(
-                user, job_id, cost_nanousd=50_000, tokens=300, lease_ms=60_000, holder="bench"
-            )
-            reserve_ms.append((time.perf_counter() - t0) * 1000)
-            await asyncio.sleep(rng.expovariate(1000 / model_ms))
-            t0 = time.perf_counter()
-            await ledger.settle(
-                user,
-                job_id,
-                cost_nanousd=30_000,
-                tokens=200,
-                model="gpt-4o-mini",
-                outcome=b'{"type":"bench"}',
-            )
-            settle_ms.append((time.perf_counter() - t0) * 1000)
+            model_s = rng.expovariate(1000 / model_ms)
+            await timed_pair(ledger, user, f"f-{run}-{index}-{n}", reserve_ms, settle_ms, model_s)
 
     async def incr_caller(index: int) -> None:
         key = f"bench:incr:{run}:{index}"
