@@ -84,12 +84,16 @@ async def _measure(
         EventReader(ctx.infra.bootstrap, topics.results) as reader,
         running_workers(env, ctx.workdir, 1) as procs,
     ):
+
+        def worker_cpu() -> float:
+            return cpu_seconds(procs[0].pid) or 0.0
+
         # What an idle worker costs with this fetch wait: it polls the broker all the time.
         idle_s = ctx.pick(1.0, 3.0, 5.0)
         await asyncio.sleep(ctx.pick(0.5, 1.0, 1.0))  # past joining the group
-        idle_from = cpu_seconds(procs[0].pid) or 0.0
+        idle_from = worker_cpu()
         await asyncio.sleep(idle_s)
-        idle_cpu = ((cpu_seconds(procs[0].pid) or 0.0) - idle_from) / idle_s
+        idle_cpu = (worker_cpu() - idle_from) / idle_s
         # Warm-up: connections, the first fetches, the first call.
         warm = ctx.pick(1, 5, 5)
         for n in range(warm):
@@ -98,6 +102,7 @@ async def _measure(
             await reader.wait_for_job(body["job_id"], 60)
         await fake.timings()
         steps_before = await _step_seconds(procs[0].metrics_port)
+        cpu_marks = [worker_cpu()]
         light_ids = []
         deadline = time.monotonic() + light_max_s
         for n in range(light_jobs):
@@ -108,6 +113,7 @@ async def _measure(
             light_ids.append(body["job_id"])
             await reader.wait_for_job(body["job_id"], 60)
         steps_after = await _step_seconds(procs[0].metrics_port)
+        cpu_marks.append(worker_cpu())
         tasks = []
         end = time.monotonic() + half_s
         n = 0
@@ -123,12 +129,17 @@ async def _measure(
             # The enqueue time is when the send was asked for (a queued send is waiting too).
             del sent_at
         await reader.wait_for(len(sent) + warm, timeout_s=120)
+        cpu_marks.append(worker_cpu())
         timings = await fake.timings()
         model_ms = _model_ms_by_job(procs[0].log_path)
     out: dict[str, list[float]] = {
         f"{phase}_{part}": [] for phase in ("light", "half") for part in PARTS
     }
     out["idle_cpu"] = [idle_cpu]
+    light_count = len(light_ids)
+    half_count = len(sent) - light_count
+    out["light_cpu"] = [1000 * (cpu_marks[1] - cpu_marks[0]) / max(light_count, 1)]
+    out["half_cpu"] = [1000 * (cpu_marks[2] - cpu_marks[1]) / max(half_count, 1)]
     jobs = steps_after["count"] - steps_before["count"]
     out["light_steps"] = [
         1000 * (steps_after[step] - steps_before[step]) / max(jobs, 1) for step in STEPS
@@ -222,6 +233,7 @@ async def run(ctx: Context) -> Report:
             "publish to receipt p50 ms",
             "worker's own p50 ms",
             "worker's own p99 ms",
+            "worker CPU ms/job",
         ],
     )
     fake = FakeProvider(ctx.workdir, latency_ms=PROVIDER_MS, output_tokens=16, timings=True)
@@ -286,6 +298,7 @@ async def run(ctx: Context) -> Report:
                         cell(f"{phase}_delivery", 50),
                         cell(f"{phase}_own", 50),
                         cell(f"{phase}_own", 99),
+                        spread([r[f"{phase}_cpu"][0] for r in results], "{:.1f}"),
                     ]
                 )
                 if phase == "light" and linger_ms == 0:
@@ -315,6 +328,7 @@ async def run(ctx: Context) -> Report:
                 bcell("added", 99),
                 bcell("before", 50),
                 bcell("after", 50),
+                "-",
                 "-",
                 "-",
                 "-",
