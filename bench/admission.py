@@ -64,6 +64,15 @@ async def timed_pair(
     settle_ms.append((time.perf_counter() - t1) * 1000)
 
 
+def _percentiles(**timings_ms: list[float]) -> dict[str, float]:
+    """``{name}_p50`` and ``{name}_p99`` of each list of timings."""
+    return {
+        f"{name}_p{q}": percentile(values, q)
+        for name, values in timings_ms.items()
+        for q in (50, 99)
+    }
+
+
 async def _users(ledger: Ledger, run: str) -> list[str]:
     """``USERS`` fresh users of run ``run``, each with a budget far from its cap."""
     users = [f"adm-{run}-{i}" for i in range(USERS)]
@@ -104,12 +113,7 @@ async def _measure(ledger: Ledger, client: Any, concurrency: int, ops: int) -> d
     await asyncio.gather(*(incr_caller(i) for i in range(concurrency)))
     incr_s = time.perf_counter() - started
     return {
-        "reserve_p50": percentile(reserve_ms, 50),
-        "reserve_p99": percentile(reserve_ms, 99),
-        "settle_p50": percentile(settle_ms, 50),
-        "settle_p99": percentile(settle_ms, 99),
-        "incr_p50": percentile(incr_ms, 50),
-        "incr_p99": percentile(incr_ms, 99),
+        **_percentiles(reserve=reserve_ms, settle=settle_ms, incr=incr_ms),
         "pairs_per_s": len(reserve_ms) / ledger_s,
         "incr_per_s": len(incr_ms) / incr_s,
         "script_us": float(script.get("usec_per_call", float("nan"))),
@@ -153,12 +157,7 @@ async def _measure_in_flight(
     ledger_s = time.perf_counter() - started
     await asyncio.gather(*(incr_caller(i) for i in range(callers)))
     return {
-        "reserve_p50": percentile(reserve_ms, 50),
-        "reserve_p99": percentile(reserve_ms, 99),
-        "settle_p50": percentile(settle_ms, 50),
-        "settle_p99": percentile(settle_ms, 99),
-        "incr_p50": percentile(incr_ms, 50),
-        "incr_p99": percentile(incr_ms, 99),
+        **_percentiles(reserve=reserve_ms, settle=settle_ms, incr=incr_ms),
         "pairs_per_s": len(reserve_ms) / ledger_s,
     }
 

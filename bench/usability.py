@@ -23,9 +23,9 @@ from typing import Any
 from bench.harness import MODEL, PRICE_IN, PRICE_OUT, PROMPT, Context, Report, median, percentile
 from schemas.jobs import CompletionJob
 from worker import admission
-from worker.estimate import estimate
+from worker.estimate import Estimate, estimate
 from worker.fake_provider import count_prompt_tokens
-from worker.ledger import Budget, Ledger, Refused, Reserved
+from worker.ledger import Budget, Ledger, Refused, Reserved, ReserveResult
 from worker.models import ModelEntry
 from worker.prices import ModelPrice
 
@@ -49,6 +49,17 @@ BUDGETS = (10, 100)
 """Budgets, in typical calls (about 0.95 and 9.5 thousandths of a dollar)."""
 
 
+async def _reserve(ledger: Ledger, user: str, job_id: str, wanted: Estimate) -> ReserveResult:
+    return await ledger.reserve(
+        user,
+        job_id,
+        cost_nanousd=wanted.cost_nanousd,
+        tokens=wanted.tokens,
+        lease_ms=60_000,
+        holder="bench",
+    )
+
+
 async def _one_user(
     ledger: Ledger, user: str, policy: str, default_max_tokens: int, budget: int, seed: int
 ) -> dict[str, Any]:
@@ -66,26 +77,12 @@ async def _one_user(
             }
         )
         wanted = estimate(job, ENTRY, default_max_tokens)
-        result = await ledger.reserve(
-            user,
-            job.job_id,
-            cost_nanousd=wanted.cost_nanousd,
-            tokens=wanted.tokens,
-            lease_ms=60_000,
-            holder="bench",
-        )
+        result = await _reserve(ledger, user, job.job_id, wanted)
         if isinstance(result, Refused) and policy == "clamp" and result.remaining > 0:
             clamped = admission.admit(wanted, result.remaining, PRICE, "clamp", CLAMP_MIN_TOKENS)
             if clamped is not None:
                 wanted = clamped
-                result = await ledger.reserve(
-                    user,
-                    job.job_id,
-                    cost_nanousd=wanted.cost_nanousd,
-                    tokens=wanted.tokens,
-                    lease_ms=60_000,
-                    holder="bench",
-                )
+                result = await _reserve(ledger, user, job.job_id, wanted)
         if not isinstance(result, Reserved):
             break
         natural = max(1, round(rng.lognormvariate(math.log(150), 0.6)))
