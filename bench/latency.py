@@ -386,6 +386,5 @@ def _light_split(results: list[dict[str, list[float]]]) -> str:
         f"enqueue to receipt {total:.1f} ms = the litellm call {model:.1f} ms (the "
         f"provider's own {provider:.1f} ms, so litellm's own {model - provider:.1f} ms) + "
         f"reserve {reserve:.1f} ms + settle {settle:.1f} ms + the rest {rest:.1f} ms (Kafka "
-        "both ways, decoding, estimating, building the event). Without litellm's own time "
-        f"the worker adds {total - model:.1f} ms."
+        "both ways, decoding, estimating, building the event)."
     )
