@@ -683,9 +683,10 @@ async def bare_litellm(
     # Through the worker's provider module: it sets litellm up offline (cost map,
     # tokenizer files) before litellm's first import, and warms it up, as in the worker.
     from worker.provider import litellm  # type: ignore[attr-defined]
-    from worker.service import freeze_start_up_objects
 
-    if freeze:
+    if freeze:  # imported only here: the plain client must not carry the worker's objects
+        from worker.service import freeze_start_up_objects
+
         freeze_start_up_objects()
 
     kwargs = {
