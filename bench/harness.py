@@ -32,7 +32,7 @@ from typing import Any, Literal
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from worker.embedded import EmbeddedKafka, EmbeddedRedis, free_port, scratch_dir, wait_for_port
+from worker.dev.servers import EmbeddedKafka, EmbeddedRedis, free_port, scratch_dir, wait_for_port
 from worker.metrics import wait_until_ready
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -774,7 +774,7 @@ def run_bare_litellm(
 def _serve_fake(port: int, latency_ms: float, output_tokens: int, timings: bool) -> None:
     from aiohttp import web
 
-    from worker.fake_provider import FakeProviderConfig, _App
+    from worker.dev.fake_provider import FakeProviderConfig, _App
 
     config = FakeProviderConfig(
         latency_s=latency_ms / 1000, output_tokens=output_tokens, count_tokens="fast", seed=1

@@ -65,8 +65,8 @@ def workload() -> Workload:
     """The estimate the worker would reserve for the bench prompt, and a budget of about
     ``CALLS_PER_BUDGET`` typical calls."""
     from schemas.jobs import CompletionJob
+    from worker.dev.fake_provider import count_prompt_tokens
     from worker.estimate import estimate
-    from worker.fake_provider import count_prompt_tokens
     from worker.models import ModelEntry
     from worker.prices import ModelPrice
 

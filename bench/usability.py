@@ -23,8 +23,8 @@ from typing import Any
 from bench.harness import MODEL, PRICE_IN, PRICE_OUT, PROMPT, Context, Report, median, percentile
 from schemas.jobs import CompletionJob
 from worker import admission
+from worker.dev.fake_provider import count_prompt_tokens
 from worker.estimate import Estimate, estimate
-from worker.fake_provider import count_prompt_tokens
 from worker.ledger import Budget, Ledger, Refused, Reserved, ReserveResult
 from worker.models import ModelEntry
 from worker.prices import ModelPrice

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 
-from worker.embedded import EmbeddedKafka, EmbeddedRedis, EmbeddedRedisCluster, scratch_dir
+from worker.dev.servers import EmbeddedKafka, EmbeddedRedis, EmbeddedRedisCluster, scratch_dir
 
 # No test may reach the internet: litellm and tiktoken read these before import.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -94,7 +94,7 @@ def redis_cluster(server_dir: Path) -> Iterator[EmbeddedRedisCluster]:
 @pytest.fixture
 async def fake_provider() -> AsyncIterator[Any]:
     """The OpenAI-compatible fake on a free port, default settings, no latency."""
-    from worker.fake_provider import FakeProviderConfig, start_fake_provider
+    from worker.dev.fake_provider import FakeProviderConfig, start_fake_provider
 
     server = await start_fake_provider(FakeProviderConfig())
     try:

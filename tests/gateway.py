@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from worker.embedded import LOOPBACK, ServerProcess, free_port, tansu_binary
+from worker.dev.servers import LOOPBACK, ServerProcess, free_port, tansu_binary
 
 # Kafka API keys and error codes the gateway speaks itself.
 API_SASL_HANDSHAKE = 17

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from worker.embedded import EmbeddedKafka, free_port
+from worker.dev.servers import EmbeddedKafka, free_port
 from worker.metrics import wait_until_ready
 from worker.settings import Settings
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.harness import Context, Infra, Report, write_section
-from worker.embedded import EmbeddedKafka, EmbeddedRedis
+from worker.dev.servers import EmbeddedKafka, EmbeddedRedis
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -20,7 +20,7 @@ from schemas.jobs import CompletionJob, InvalidJob, UndecodableJob, parse_job
 from tests.support import Topics, read_all, worker_env, workers, write_models_file
 from worker.cli import app
 from worker.client import JobClient, ResultWaiter, SyncJobClient, build_job
-from worker.embedded import EmbeddedKafka
+from worker.dev.servers import EmbeddedKafka
 from worker.ledger import Budget, Ledger
 from worker.settings import Settings
 

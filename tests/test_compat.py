@@ -16,8 +16,8 @@ import pytest
 
 from worker import ledger
 from worker.compat import AsyncBudgetManager, BudgetExceeded, BudgetManager, UnknownUser
+from worker.dev.fake_provider import count_prompt_tokens
 from worker.errors import ConfigError, ProviderError
-from worker.fake_provider import count_prompt_tokens
 from worker.prices import ModelPrice
 from worker.settings import Settings
 

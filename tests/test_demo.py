@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from worker.demo import (
+from worker.dev.demo import (
     CheckThenSpend,
     DemoOptions,
     DemoServers,
@@ -24,7 +24,7 @@ from worker.demo import (
     render_result,
     run_demo,
 )
-from worker.embedded import EmbeddedKafka
+from worker.dev.servers import EmbeddedKafka
 from worker.ledger import Ledger
 
 SMALL = DemoOptions(

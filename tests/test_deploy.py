@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from tests.support import Topics, worker_env, workers, write_models_file
-from worker.embedded import EmbeddedKafka
+from worker.dev.servers import EmbeddedKafka
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import redis
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from worker.embedded import EmbeddedKafka, EmbeddedRedis
+from worker.dev.servers import EmbeddedKafka, EmbeddedRedis
 
 
 async def test_job_json_round_trips_through_tansu_in_a_consumer_group(

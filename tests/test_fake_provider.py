@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 import tiktoken
 
-from worker.fake_provider import (
+from worker.dev.fake_provider import (
     FakeProviderConfig,
     FakeProviderServer,
     count_prompt_tokens,

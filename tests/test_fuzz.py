@@ -41,7 +41,7 @@ from tests.support import (
     workers,
     write_models_file,
 )
-from worker.embedded import EmbeddedKafka
+from worker.dev.servers import EmbeddedKafka
 from worker.ledger import Ledger
 
 T = TypeVar("T")

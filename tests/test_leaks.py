@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from tests.gateway import SecureKafka
 from tests.support import PRICE_IN, PRICE_OUT, settings_from, workers
 from worker.connections import kafka_options
-from worker.embedded import EmbeddedRedis, free_port
+from worker.dev.servers import EmbeddedRedis, free_port
 from worker.errors import ConfigError, PermanentProviderError
 from worker.ledger import Budget, Ledger
 from worker.models import load_models

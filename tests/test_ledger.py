@@ -17,7 +17,7 @@ import redis
 import redis.asyncio as aioredis
 
 from worker import keys
-from worker.embedded import EmbeddedRedis
+from worker.dev.servers import EmbeddedRedis
 from worker.errors import LedgerError, LedgerUnavailable
 from worker.ledger import (
     Budget,

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from worker import keys
-from worker.embedded import EmbeddedRedisCluster
+from worker.dev.servers import EmbeddedRedisCluster
 from worker.ledger import Budget, Finished, Ledger, Refused, Reserved
 
 

@@ -23,7 +23,7 @@ from tests.support import (
     workers,
     write_models_file,
 )
-from worker.embedded import EmbeddedKafka, EmbeddedRedis
+from worker.dev.servers import EmbeddedKafka, EmbeddedRedis
 from worker.ledger import Budget, Ledger
 
 pytestmark = pytest.mark.timeout(240)

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from aiohttp import web
 
+from worker.dev.fake_provider import FakeProviderConfig, FakeProviderServer, start_fake_provider
 from worker.errors import PermanentProviderError, ProviderError, RetryableProviderError
-from worker.fake_provider import FakeProviderConfig, FakeProviderServer, start_fake_provider
 from worker.models import ModelEntry, load_models
 from worker.prices import ModelPrice
 from worker.provider import (

@@ -37,7 +37,7 @@ from tests.support import (
     write_models_file,
 )
 from worker import ledger as ledger_module
-from worker.embedded import EmbeddedKafka, EmbeddedRedis, free_port
+from worker.dev.servers import EmbeddedKafka, EmbeddedRedis, free_port
 from worker.errors import ConfigError, LedgerUnavailable
 from worker.ledger import Budget, Ledger
 from worker.settings import Settings

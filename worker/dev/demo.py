@@ -37,10 +37,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import aiohttp
-import typer
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
@@ -49,13 +48,13 @@ from rich.text import Text
 from schemas.events import CompletionRejected, CompletionSucceeded, TerminalEvent
 from schemas.money import NANOUSD_PER_USD, usd_to_nanousd
 from worker.client import JobClient, ResultWaiter, build_job
-from worker.embedded import EmbeddedKafka, EmbeddedRedis, free_port, scratch_dir
-from worker.errors import BudgetWorkerError, ConfigError, ProviderError
+from worker.dev.servers import EmbeddedKafka, EmbeddedRedis, free_port, scratch_dir
+from worker.errors import ProviderError
 from worker.ledger import Budget, Ledger
 from worker.settings import Settings
 
 if TYPE_CHECKING:
-    from worker.fake_provider import FakeProviderServer
+    from worker.dev.fake_provider import FakeProviderServer
     from worker.models import ModelEntry
     from worker.provider import Provider
 
@@ -661,7 +660,7 @@ def _tally(row: UserRow, event: TerminalEvent, outcomes: Counter[str]) -> bool:
 
 
 async def _start_fake(options: DemoOptions) -> FakeProviderServer:
-    from worker.fake_provider import FakeProviderConfig, start_fake_provider
+    from worker.dev.fake_provider import FakeProviderConfig, start_fake_provider
 
     config = FakeProviderConfig(
         latency_s=options.latency_ms / 1000,
@@ -855,81 +854,10 @@ def _outcome(spent_nanousd: int, budget_nanousd: int) -> Text:
     return Text(f"within, {used}% used", style="green")
 
 
-# --- the command --------------------------------------------------------------------------
-
-
-def demo_command(
-    users: Annotated[int, typer.Option(min=1, help="New users in the scenario.")] = 20,
-    concurrency: Annotated[int, typer.Option(min=1, help="Concurrent callers per user.")] = 8,
-    calls_per_user: Annotated[int, typer.Option(min=1, help="Calls each user tries.")] = 12,
-    budget_usd: Annotated[str, typer.Option(help="Each user's daily budget, USD.")] = "0.0002",
-    model: Annotated[str, typer.Option(help="Model name (priced by litellm's cost map).")] = (
-        "gpt-4o-mini"
-    ),
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 2,
-    latency_ms: Annotated[float, typer.Option(min=0, help="Fake provider latency.")] = 400.0,
-    jitter_ms: Annotated[float, typer.Option(min=0, help="Fake provider extra latency.")] = 200.0,
-    output_tokens: Annotated[int, typer.Option(min=0, help="Fake reply length, tokens.")] = 40,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Each job's max_tokens.")] = 64,
-    input_usd_per_token: Annotated[
-        str | None, typer.Option(help="Price for a model the cost map lacks.")
-    ] = None,
-    output_usd_per_token: Annotated[
-        str | None, typer.Option(help="Price for a model the cost map lacks.")
-    ] = None,
-    fake: Annotated[
-        bool, typer.Option("--fake", help="Use the fake provider even if OPENAI_API_KEY is set.")
-    ] = False,
-) -> None:
-    """Run the per-user budget scenario on this machine, against check-then-spend.
-
-    Starts an embedded Kafka-protocol broker, an embedded Redis-compatible server, a
-    fake model (or OpenAI when OPENAI_API_KEY is set) and worker processes; stops them
-    all at the end, on Ctrl-C and on SIGTERM.
-    """
-    environ = dict(os.environ)
-    real = bool(environ.get("OPENAI_API_KEY")) and not fake
-    try:
-        options = DemoOptions(
-            users=users,
-            concurrency=concurrency,
-            calls_per_user=calls_per_user,
-            budget_usd=Decimal(budget_usd),
-            model=model,
-            workers=workers,
-            latency_ms=latency_ms,
-            jitter_ms=jitter_ms,
-            output_tokens=output_tokens,
-            max_tokens=max_tokens,
-            provider="openai" if real else "fake",
-            input_usd_per_token=Decimal(input_usd_per_token) if input_usd_per_token else None,
-            output_usd_per_token=Decimal(output_usd_per_token) if output_usd_per_token else None,
-        )
-    except (ValueError, ArithmeticError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    console = Console() if sys.stdout.isatty() else Console(width=150)
-    try:
-        result = asyncio.run(_main(options, environ, console))
-    except ConfigError as exc:
-        console.print()
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    except (BudgetWorkerError, RuntimeError, TimeoutError) as exc:
-        console.print()
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    except KeyboardInterrupt:
-        console.print("\ninterrupted: every server and worker was stopped")
-        raise typer.Exit(130) from None
-    except asyncio.CancelledError:
-        console.print("\nterminated: every server and worker was stopped")
-        raise typer.Exit(143) from None
-    console.print()
-    console.print(render_result(result, console.width))
-
-
-async def _main(options: DemoOptions, environ: Mapping[str, str], console: Console) -> DemoResult:
+async def run_live(
+    options: DemoOptions, environ: Mapping[str, str], console: Console
+) -> DemoResult:
+    """``run_demo`` with a live progress view; SIGTERM and SIGHUP stop it as Ctrl-C does."""
     # SIGTERM (and SIGHUP, a closed terminal) cancel the run as Ctrl-C does, so the
     # same finally blocks clean up.
     task = asyncio.current_task()
