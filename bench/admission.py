@@ -56,6 +56,7 @@ async def timed_pair(
     await ledger.settle(
         user,
         job_id,
+        holder="bench",
         cost_nanousd=30_000,
         tokens=200,
         model="gpt-4o-mini",

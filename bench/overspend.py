@@ -153,6 +153,7 @@ async def _ledger_callers(spec: Spec) -> dict[str, Any]:
             await ledger.settle(
                 f"os-{spec.run}-{user}",
                 job_id,
+                holder="bench",
                 cost_nanousd=cost,
                 tokens=spec.work.prompt_tokens + out,
                 model=MODEL,

@@ -92,6 +92,7 @@ async def _one_user(
         await ledger.settle(
             user,
             job.job_id,
+            holder="bench",
             cost_nanousd=PRICE.cost_nanousd(PROMPT_TOKENS, out, round_up=False),
             tokens=PROMPT_TOKENS + out,
             model=MODEL,

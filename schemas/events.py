@@ -166,6 +166,13 @@ class CompletionSucceeded(EventBase):
     response: dict[str, Any] = Field(description="The OpenAI-format chat completion.")
     usage: Usage
     cost_nanousd: NanoUSD = Field(description="What this job was charged.")
+    cost_basis: Literal["usage", "reservation"] = Field(
+        default="usage",
+        description=(
+            "What the charge was computed from: the provider's reported usage, or, when "
+            "the response carried none, the job's reservation (its cost upper bound)."
+        ),
+    )
     budget: BudgetSnapshot
     attempts: int = Field(ge=1, description="Provider calls made, retries included.")
 

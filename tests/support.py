@@ -13,14 +13,22 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from worker.dev.servers import EmbeddedKafka, free_port
-from worker.metrics import wait_until_ready
+from worker.gate import LedgerGate
+from worker.job import JobPath
+from worker.leases import LeaseKeeper
+from worker.ledger import Ledger
+from worker.metrics import Metrics, wait_until_ready
+from worker.models import ModelEntry, ModelList
+from worker.prices import ModelPrice
 from worker.settings import Settings
+from worker.spend import SpendPath
 
 MODEL = "gpt-4o-mini"
 PRICE_IN = "0.00000015"  # USD per prompt token
@@ -239,3 +247,72 @@ async def wait_for_events(
         if time.monotonic() > deadline:
             raise TimeoutError(f"{len(missing)} jobs without an event, e.g. {sorted(missing)[:5]}")
         await asyncio.sleep(0.5)
+
+
+async def spent(ledger: Ledger, user: str) -> int:
+    """What ``user`` has spent in the current period (0 without a budget)."""
+    state = await ledger.state(user)
+    return 0 if state is None else state.snapshot.spent_nanousd
+
+
+def model_entry(
+    name: str = MODEL, price_in: str = PRICE_IN, price_out: str = PRICE_OUT, **params: Any
+) -> ModelEntry:
+    """A model-list entry priced per token (the fake provider's default model)."""
+    return ModelEntry(
+        name=name,
+        litellm_params={"model": f"openai/{name}", "api_key": "sk-fake-test-key", **params},
+        price=ModelPrice(Decimal(price_in), Decimal(price_out)),
+        max_output_tokens=None,
+        tokenizer_family="openai",
+    )
+
+
+@dataclass
+class InProcess:
+    """The job path of one worker process, assembled in this process over a real Redis,
+    with a scripted provider: every outcome in milliseconds, no broker."""
+
+    settings: Settings
+    ledger: Ledger
+    provider: Any
+    leases: LeaseKeeper
+    gate: LedgerGate
+    metrics: Metrics
+    spend: SpendPath
+    jobs: JobPath
+
+    async def close(self) -> None:
+        await self.leases.stop()
+        await self.ledger.close()
+
+
+def in_process(redis_url: str, provider: Any, **settings: Any) -> InProcess:
+    """Assemble the job path as ``worker.service`` does (settings as keyword arguments,
+    e.g. ``lease_ms=3000``)."""
+    from worker.service import spend_path
+
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "worker_id": "w-test",
+        "redis_retry_s": 0.05,
+        "redis_timeout_s": 0.5,
+        **settings,
+    }
+    config = Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    ledger = Ledger.from_settings(config)
+    metrics = Metrics()
+    gate = LedgerGate(config.redis_retry_s)
+    leases = LeaseKeeper(ledger, config.lease_ms)
+    spend = spend_path(config, ledger, provider, leases, gate, metrics)
+    models = ModelList([model_entry()])
+    return InProcess(
+        config,
+        ledger,
+        provider,
+        leases,
+        gate,
+        metrics,
+        spend,
+        JobPath(config, spend, models, metrics),
+    )

@@ -43,7 +43,13 @@ def on_ledger(redis_url: str, call: Any) -> Any:
 def charge(redis_url: str, user: str, job_id: str, cost_nanousd: int, model: str) -> None:
     async def run(book: ledger.Ledger) -> None:
         await book.settle(
-            user, job_id, cost_nanousd=cost_nanousd, tokens=10, model=model, outcome=b"{}"
+            user,
+            job_id,
+            holder="test",
+            cost_nanousd=cost_nanousd,
+            tokens=10,
+            model=model,
+            outcome=b"{}",
         )
 
     on_ledger(redis_url, run)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import spent
 from worker import ledger
 from worker.compat import AsyncBudgetManager, BudgetExceeded, BudgetManager, UnknownUser
 from worker.dev.fake_provider import count_prompt_tokens
@@ -98,7 +99,7 @@ def run_notebook(code: str, **names: Any) -> dict[str, Any]:
 async def spent_nanousd(redis_url: str, user: str) -> int:
     book = ledger.Ledger.from_url(redis_url)
     try:
-        return await book.spent_total(user)
+        return await spent(book, user)
     finally:
         await book.close()
 

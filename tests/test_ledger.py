@@ -22,7 +22,9 @@ from worker.errors import LedgerError, LedgerUnavailable
 from worker.ledger import (
     Budget,
     BudgetSnapshot,
+    Busy,
     Finished,
+    LeaseRef,
     Ledger,
     NoBudget,
     Refused,
@@ -60,11 +62,22 @@ async def reserve(
 
 
 async def settle(
-    ledger: Ledger, user: str, job: str, cost: int, *, tokens: int = 0, outcome: bytes = b"ok"
+    ledger: Ledger,
+    user: str,
+    job: str,
+    cost: int,
+    *,
+    tokens: int = 0,
+    outcome: bytes = b"ok",
+    holder: str = "w1",
 ) -> Settled:
     return await ledger.settle(
-        user, job, cost_nanousd=cost, tokens=tokens, model="gpt-x", outcome=outcome
+        user, job, holder=holder, cost_nanousd=cost, tokens=tokens, model="gpt-x", outcome=outcome
     )
+
+
+async def spent(ledger: Ledger, user: str) -> int:
+    return (await snapshot(ledger, user)).spent_nanousd
 
 
 async def snapshot(ledger: Ledger, user: str) -> BudgetSnapshot:
@@ -241,6 +254,59 @@ async def test_extend_of_a_reclaimed_lease_answers_false(ledger: Ledger) -> None
     assert not await ledger.extend("alice", "j1", lease_ms=60_000, holder="w1")
 
 
+async def test_a_stale_holders_release_never_drops_another_holders_reservation(
+    ledger: Ledger,
+) -> None:
+    await ledger.set_budget("alice", Budget(1000, "none"))
+    await reserve(ledger, "alice", "j1", 400, holder="old")
+    assert await ledger.extend("alice", "j1", lease_ms=0, holder="old")  # its lease lapses
+    await reserve(ledger, "alice", "j1", 400, holder="new")
+    assert not await ledger.release("alice", "j1", holder="old", outcome=b"old failed")
+    assert (await snapshot(ledger, "alice")).reserved_nanousd == 400
+    settled = await settle(ledger, "alice", "j1", 300, holder="new", outcome=b"new done")
+    assert settled.outcome == b"new done"  # the stale release stored nothing
+
+
+async def test_a_stale_settle_is_charged_on_its_own_and_leaves_the_live_reservation(
+    ledger: Ledger,
+) -> None:
+    await ledger.set_budget("alice", Budget(1000, "none"))
+    await reserve(ledger, "alice", "j1", 400, holder="old")
+    assert await ledger.extend("alice", "j1", lease_ms=0, holder="old")
+    await reserve(ledger, "alice", "j1", 400, holder="new")
+    stale = await settle(ledger, "alice", "j1", 250, holder="old", outcome=b"old answer")
+    assert stale.first and stale.charged_nanousd == 250
+    assert await snapshot(ledger, "alice") == BudgetSnapshot(1000, 250, 400, 350, None)
+    again = await settle(ledger, "alice", "j1", 250, holder="old", outcome=b"old answer")
+    assert not again.first and again.charged_nanousd == 250  # once per call
+    live = await settle(ledger, "alice", "j1", 300, holder="new", outcome=b"new answer")
+    assert live.first and live.outcome == b"old answer"  # the first outcome stays
+    assert await snapshot(ledger, "alice") == BudgetSnapshot(1000, 550, 0, 450, None)
+
+
+async def test_renew_extends_every_live_lease_in_one_call_and_reports_the_lost(
+    ledger: Ledger,
+) -> None:
+    await ledger.set_budget("alice", Budget(1000, "none"))
+    await ledger.set_budget("bob", Budget(1000, "none"))
+    await reserve(ledger, "alice", "a1", 100, lease_ms=300)
+    await reserve(ledger, "bob", "b1", 100, lease_ms=300)
+    await reserve(ledger, "bob", "b2", 100, lease_ms=300, holder="someone-else")
+    answers = await ledger.renew(
+        [
+            LeaseRef("alice", "a1", "w1"),
+            LeaseRef("bob", "b1", "w1"),
+            LeaseRef("bob", "b2", "w1"),  # not its holder
+            LeaseRef("bob", "never", "w1"),
+        ],
+        lease_ms=60_000,
+    )
+    assert answers == [True, True, False, False]
+    await asyncio.sleep(0.35)
+    assert (await snapshot(ledger, "alice")).reserved_nanousd == 100
+    assert (await snapshot(ledger, "bob")).reserved_nanousd == 100  # b2 lapsed, b1 renewed
+
+
 async def test_extend_to_zero_makes_the_lease_due_at_once(ledger: Ledger) -> None:
     await ledger.set_budget("alice", Budget(1000, "none"))
     await reserve(ledger, "alice", "j1", 400)
@@ -318,7 +384,7 @@ async def test_settle_after_release_charges_once_and_keeps_the_first_outcome(
 ) -> None:
     await ledger.set_budget("alice", Budget(1000, "none"))
     await reserve(ledger, "alice", "j1", 400)
-    await ledger.release("alice", "j1", outcome=b"failed")
+    await ledger.release("alice", "j1", holder="w1", outcome=b"failed")
     settled = await settle(ledger, "alice", "j1", 200, outcome=b"succeeded")
     assert (settled.first, settled.outcome, settled.charged_nanousd) == (True, b"failed", 200)
     assert await snapshot(ledger, "alice") == BudgetSnapshot(1000, 200, 0, 800, None)
@@ -330,7 +396,7 @@ async def test_settle_after_release_charges_once_and_keeps_the_first_outcome(
 async def test_release_drops_the_reservation_and_charges_nothing(ledger: Ledger) -> None:
     await ledger.set_budget("alice", Budget(1000, "none"))
     await reserve(ledger, "alice", "j1", 400)
-    assert await ledger.release("alice", "j1", outcome=b"failed")
+    assert await ledger.release("alice", "j1", holder="w1", outcome=b"failed")
     assert await snapshot(ledger, "alice") == BudgetSnapshot(1000, 0, 0, 1000, None)
 
 
@@ -338,9 +404,9 @@ async def test_release_is_idempotent(ledger: Ledger) -> None:
     await ledger.set_budget("alice", Budget(1000, "none"))
     await reserve(ledger, "alice", "j1", 400)
     await reserve(ledger, "alice", "j2", 100)
-    assert await ledger.release("alice", "j1", outcome=b"a")
-    assert not await ledger.release("alice", "j1", outcome=b"b")
-    assert not await ledger.release("alice", "j1")
+    assert await ledger.release("alice", "j1", holder="w1", outcome=b"a")
+    assert not await ledger.release("alice", "j1", holder="w1", outcome=b"b")
+    assert not await ledger.release("alice", "j1", holder="w1")
     assert (await snapshot(ledger, "alice")).reserved_nanousd == 100
     assert await reserve(ledger, "alice", "j1", 400) == Finished(b"a", None)
 
@@ -350,7 +416,7 @@ async def test_release_without_an_outcome_lets_a_redelivery_reserve_again(
 ) -> None:
     await ledger.set_budget("alice", Budget(1000, "none"))
     await reserve(ledger, "alice", "j1", 400)
-    assert await ledger.release("alice", "j1")
+    assert await ledger.release("alice", "j1", holder="w1")
     again = await reserve(ledger, "alice", "j1", 400, holder="w2")
     assert isinstance(again, Reserved) and not again.existing
 
@@ -359,23 +425,31 @@ async def test_release_of_a_settled_job_leaves_it_settled(ledger: Ledger) -> Non
     await ledger.set_budget("alice", Budget(1000, "none"))
     await reserve(ledger, "alice", "j1", 400)
     settled = await settle(ledger, "alice", "j1", 300, outcome=b"done")
-    assert not await ledger.release("alice", "j1", outcome=b"failed")
+    assert not await ledger.release("alice", "j1", holder="w1", outcome=b"failed")
     assert await reserve(ledger, "alice", "j1", 400) == Finished(b"done", settled.snapshot)
     assert (await snapshot(ledger, "alice")).spent_nanousd == 300
 
 
 async def test_finish_keeps_the_first_outcome(ledger: Ledger) -> None:
     await ledger.set_budget("alice", Budget(1000, "none"))
-    assert await ledger.finish("alice", "j1", outcome=b"rejected-1") == b"rejected-1"
-    assert await ledger.finish("alice", "j1", outcome=b"rejected-2") == b"rejected-1"
+    assert await ledger.finish("alice", "j1", outcome=b"rejected-1") == Finished(
+        b"rejected-1", None
+    )
+    assert await ledger.finish("alice", "j1", outcome=b"rejected-2") == Finished(
+        b"rejected-1", None
+    )
     assert await reserve(ledger, "alice", "j1", 10) == Finished(b"rejected-1", None)
 
 
-async def test_finish_of_a_reserved_job_releases_its_reservation(ledger: Ledger) -> None:
+async def test_finish_of_a_job_another_delivery_holds_changes_nothing(ledger: Ledger) -> None:
     await ledger.set_budget("alice", Budget(1000, "none"))
-    await reserve(ledger, "alice", "j1", 400)
-    assert await ledger.finish("alice", "j1", outcome=b"gone") == b"gone"
-    assert (await snapshot(ledger, "alice")).reserved_nanousd == 0
+    await reserve(ledger, "alice", "j1", 400, holder="w2")
+    assert await ledger.finish("alice", "j1", outcome=b"expired") == Busy("w2")
+    assert (await snapshot(ledger, "alice")).reserved_nanousd == 400
+    settled = await settle(ledger, "alice", "j1", 300, outcome=b"done", holder="w2")
+    assert await ledger.finish("alice", "j1", outcome=b"expired") == Finished(
+        b"done", settled.snapshot
+    )
 
 
 async def test_an_outcome_expires_after_its_ttl_but_the_job_stays_final(redis_url: str) -> None:
@@ -573,7 +647,7 @@ async def test_tpm_estimate_is_refunded_to_the_actual_at_settle(ledger: Ledger) 
 async def test_release_gives_the_token_estimate_back(ledger: Ledger) -> None:
     await ledger.set_budget("alice", Budget(USD, "daily", tpm=1000))
     await reserve(ledger, "alice", "j1", 1, tokens=900)
-    await ledger.release("alice", "j1")
+    await ledger.release("alice", "j1", holder="w1")
     assert isinstance(await reserve(ledger, "alice", "j2", 1, tokens=900), Reserved)
 
 
@@ -592,7 +666,7 @@ async def test_multiples_of_100_million_are_applied_exactly(redis_url: str) -> N
         assert isinstance(await reserve(ledger, "alice", "j3", 100_000_000), Refused)
         await settle(ledger, "alice", "j0", 100_000_000, tokens=100_000_000)
         await settle(ledger, "alice", "j1", 1_000_000_000, tokens=300_000_000)
-        await ledger.release("alice", "j2")
+        await ledger.release("alice", "j2", holder="w1")
         assert await snapshot(ledger, "alice") == BudgetSnapshot(
             300_000_000, 1_100_000_000, 0, 0, (await snapshot(ledger, "alice")).period_end_ms
         )
@@ -691,7 +765,7 @@ async def test_reset_zeroes_the_period_spend_and_keeps_reservations(ledger: Ledg
     state = await ledger.state("alice")
     assert state is not None and state.model_spend_nanousd == {}
     assert (state.snapshot.spent_nanousd, state.snapshot.reserved_nanousd) == (0, 200)
-    assert await ledger.spent_total("alice") == 0
+    assert await spent(ledger, "alice") == 0
 
 
 async def test_reset_without_a_budget_answers_false(ledger: Ledger) -> None:
@@ -713,13 +787,6 @@ async def test_delete_removes_the_budget_and_the_listing(ledger: Ledger) -> None
     assert await ledger.state("alice") is None
     assert await ledger.list_users() == ["bob"]
     assert await reserve(ledger, "alice", "j1", 1) == NoBudget()
-
-
-async def test_spent_total_is_the_current_period_spend(ledger: Ledger) -> None:
-    assert await ledger.spent_total("alice") == 0
-    await ledger.set_budget("alice", Budget(1000))
-    await settle(ledger, "alice", "j1", 42)
-    assert await ledger.spent_total("alice") == 42
 
 
 # -- failures --------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import redis
 
 from worker import keys
 from worker.dev.servers import EmbeddedRedisCluster
-from worker.ledger import Budget, Finished, Ledger, Refused, Reserved
+from worker.ledger import Budget, Finished, LeaseRef, Ledger, Refused, Reserved
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ async def exercise_every_path(ledger: Ledger, user: str) -> None:
     assert isinstance(first, Reserved) and isinstance(again, Reserved) and again.existing
     assert await ledger.extend(user, "j1", lease_ms=120_000, holder="w")
     settled = await ledger.settle(
-        user, "j1", cost_nanousd=300, tokens=20, model="gpt-x", outcome=b"done"
+        user, "j1", holder="w", cost_nanousd=300, tokens=20, model="gpt-x", outcome=b"done"
     )
     assert settled.first and settled.snapshot.spent_nanousd == 300
     assert await ledger.reserve(
@@ -84,15 +84,16 @@ async def exercise_every_path(ledger: Ledger, user: str) -> None:
         await ledger.reserve(user, "j3", cost_nanousd=500, tokens=1, lease_ms=60_000, holder="w"),
         Refused,
     )
-    assert await ledger.finish(user, "j3", outcome=b"refused") == b"refused"
-    assert await ledger.release(user, "j2", outcome=b"failed")
+    assert await ledger.finish(user, "j3", outcome=b"refused") == Finished(b"refused", None)
+    assert await ledger.release(user, "j2", holder="w", outcome=b"failed")
 
     state = await ledger.state(user)
     assert state is not None
     assert (state.snapshot.spent_nanousd, state.snapshot.reserved_nanousd) == (300, 0)
     assert state.model_spend_nanousd == {"gpt-x": 300}
     assert await ledger.reset(user)
-    assert await ledger.spent_total(user) == 0
+    state = await ledger.state(user)
+    assert state is not None and state.snapshot.spent_nanousd == 0
 
 
 async def test_every_path_works_for_users_on_all_three_nodes(
@@ -151,3 +152,15 @@ async def test_a_flushed_script_cache_on_every_node_is_reloaded(
             user, "j1", cost_nanousd=1, tokens=0, lease_ms=1000, holder="w"
         )
         assert isinstance(result, Reserved)
+
+
+async def test_one_renewal_reaches_leases_on_every_node(
+    ledger: Ledger, node_clients: dict[int, redis.Redis]
+) -> None:
+    users = users_on_every_node(node_clients, count_per_node=1)
+    for user in users:
+        await ledger.set_budget(user, Budget(1000, "none"))
+        await ledger.reserve(user, "j1", cost_nanousd=10, tokens=0, lease_ms=60_000, holder="w")
+    refs = [LeaseRef(user, "j1", "w") for user in users]
+    assert await ledger.renew(refs, lease_ms=60_000) == [True] * len(users)
+    assert await ledger.renew([LeaseRef(users[0], "j1", "other")], lease_ms=60_000) == [False]

@@ -95,7 +95,13 @@ async def test_concurrent_reserves_from_four_processes_never_pass_the_cap(redis_
         charged = 0
         for job_id, cost in admitted.items():
             settled = await ledger.settle(
-                "shared", job_id, cost_nanousd=cost, tokens=0, model="m", outcome=b"ok"
+                "shared",
+                job_id,
+                holder=job_id.split("-", 1)[0],  # the process that reserved it
+                cost_nanousd=cost,
+                tokens=0,
+                model="m",
+                outcome=b"ok",
             )
             charged += settled.charged_nanousd
         after = await current(ledger, "shared")

@@ -29,6 +29,7 @@ from hypothesis.stateful import (
 from worker.ledger import (
     Budget,
     BudgetSnapshot,
+    Busy,
     Finished,
     Ledger,
     NoBudget,
@@ -48,8 +49,9 @@ class ModelJob:
     holder: str = ""
     due: bool = False  # lease deadline passed: the next step touching the user reclaims it
     outcome: bytes | None = None
-    charged: int = 0
+    charges: dict[str, int] = field(default_factory=dict)  # holder -> its call's charge
     snapshot: tuple[int, int, int] | None = None  # (limit, spent, reserved) at settle
+    reserved_ever: bool = False  # it has a period to charge even without a budget
 
 
 @dataclass
@@ -106,30 +108,50 @@ class LedgerModel:
         if user.spent + user.reserved + cost > user.limit:
             return ("refused", "usd", max(0, user.limit - user.spent - user.reserved))
         user.reserved += cost
-        user.jobs[job_id] = ModelJob("reserved", cost=cost, holder=holder)
+        job = user.jobs.setdefault(job_id, ModelJob("reserved"))
+        job.state, job.cost, job.holder, job.due, job.reserved_ever = (
+            "reserved",
+            cost,
+            holder,
+            False,
+            True,
+        )
         return ("reserved", False, holder, cost, user.snapshot())
 
-    def settle(self, name: str, job_id: str, cost: int, outcome: bytes) -> Answer:
+    def settle(self, name: str, job_id: str, holder: str, cost: int, outcome: bytes) -> Answer:
+        """Each holder's call is charged once; only the live holder's reservation becomes
+        spend, any other call is charged on its own."""
         user = self.touch(name)
-        job = user.jobs.setdefault(job_id, ModelJob("lapsed"))
-        if job.state == "settled":
-            return (False, job.charged, job.outcome, job.snapshot)
-        if job.state == "reserved":
+        job = user.jobs.get(job_id)
+        if job is not None and holder in job.charges:
+            return (False, job.charges[holder], job.outcome, job.snapshot or (0, 0, 0))
+        new = job is None
+        job = user.jobs.setdefault(job_id, ModelJob("none"))
+        own = job.holder == holder
+        if job.state == "reserved" and own:
             user.reserved -= job.cost
             user.overshoot += max(0, cost - job.cost)
         else:
-            user.overshoot += cost  # charged with no reservation held
-        if user.limit is not None:  # no budget and no reservation: nowhere to charge
+            user.overshoot += cost  # charged with no reservation of its own
+        charged = user.limit is not None or job.reserved_ever
+        if charged:
             user.spent += cost
-        job.state, job.charged, job.snapshot = "settled", cost, user.snapshot()
+        job.charges[holder] = cost
         job.outcome = job.outcome or outcome
-        return (True, cost, job.outcome, job.snapshot)
+        snapshot = user.snapshot() if charged else (user.limit or 0, 0, 0)
+        if job.state != "reserved" or own:
+            job.state, job.snapshot = "settled", snapshot
+            if new:
+                job.holder = holder
+        return (True, cost, job.outcome, snapshot)
 
-    def release(self, name: str, job_id: str, outcome: bytes | None) -> bool:
+    def release(self, name: str, job_id: str, holder: str, outcome: bytes | None) -> bool:
         user = self.touch(name)
         job = user.jobs.get(job_id)
-        if job is not None and job.state == "settled":
+        if job is not None and job.state in ("settled", "released"):
             return False
+        if job is not None and job.state == "reserved" and job.holder != holder:
+            return False  # another holder's live reservation is never touched
         dropped = job is not None and job.state == "reserved"
         if job is not None and dropped:
             user.reserved -= job.cost
@@ -139,15 +161,17 @@ class LedgerModel:
             job.state, job.outcome = "released", job.outcome or outcome
         return dropped
 
-    def finish(self, name: str, job_id: str, outcome: bytes) -> bytes:
+    def finish(self, name: str, job_id: str, outcome: bytes) -> Answer:
         user = self.touch(name)
+        job = user.jobs.get(job_id)
+        if job is not None and job.state == "reserved":
+            return ("busy", job.holder)
         job = user.jobs.setdefault(job_id, ModelJob("released"))
-        if job.state == "reserved":
-            user.reserved -= job.cost
-        if job.state != "settled":
-            job.state = "released"
         job.outcome = job.outcome or outcome
-        return job.outcome
+        if job.state == "settled":
+            return ("finished", job.outcome, job.snapshot)
+        job.state = "released"
+        return ("finished", job.outcome, None)
 
     def expire(self, name: str, job_id: str, holder: str) -> bool:
         """extend(lease_ms=0): the lease falls due at once."""
@@ -192,6 +216,13 @@ def reserve_answer(result: ReserveResult) -> Answer:
         result.outcome,
         None if result.snapshot is None else _snap(result.snapshot),
     )
+
+
+def finish_answer(result: Finished | Busy) -> Answer:
+    if isinstance(result, Busy):
+        return ("busy", result.holder)
+    snapshot = None if result.snapshot is None else _snap(result.snapshot)
+    return ("finished", result.outcome, snapshot)
 
 
 def settle_answer(result: Settled) -> Answer:
@@ -243,15 +274,21 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         assert reserve_answer(result) == self.model.reserve(user, job, cost, holder)
 
-    def check_settle(self, user: str, job: str, cost: int) -> None:
-        outcome = f"settled {job} {cost}".encode()
-        self.redeliveries.append(("settle", (user, job, cost)))
+    def check_settle(self, user: str, job: str, holder: str, cost: int) -> None:
+        outcome = f"settled {job} {holder} {cost}".encode()
+        self.redeliveries.append(("settle", (user, job, holder, cost)))
         result = self.run(
             self.ledger.settle(
-                self.real(user), job, cost_nanousd=cost, tokens=0, model="m", outcome=outcome
+                self.real(user),
+                job,
+                holder=holder,
+                cost_nanousd=cost,
+                tokens=0,
+                model="m",
+                outcome=outcome,
             )
         )
-        assert settle_answer(result) == self.model.settle(user, job, cost, outcome)
+        assert settle_answer(result) == self.model.settle(user, job, holder, cost, outcome)
 
     # -- steps --
 
@@ -277,23 +314,26 @@ class LedgerMachine(RuleBasedStateMachine):
         """A retry, another worker's redelivery, or a re-reserve after the lease lapsed."""
         self.check_reserve(*job, cost, holder)
 
-    @rule(job=jobs | unknown_jobs, cost=costs)
-    def settle(self, job: UserJob, cost: int) -> None:
-        self.check_settle(*job, cost)
+    @rule(job=jobs | unknown_jobs, holder=holders, cost=costs)
+    def settle(self, job: UserJob, holder: str, cost: int) -> None:
+        """The holder's own settle, or a stale one (its lease lapsed, maybe re-reserved
+        by the other holder)."""
+        user, job_id = job
+        self.check_settle(user, job_id, holder, cost)
 
-    @rule(job=jobs | unknown_jobs, with_outcome=st.booleans())
-    def release(self, job: UserJob, with_outcome: bool) -> None:
+    @rule(job=jobs | unknown_jobs, holder=holders, with_outcome=st.booleans())
+    def release(self, job: UserJob, holder: str, with_outcome: bool) -> None:
         user, job_id = job
         outcome = f"released {job_id}".encode() if with_outcome else None
-        got = self.run(self.ledger.release(self.real(user), job_id, outcome=outcome))
-        assert got == self.model.release(user, job_id, outcome)
+        got = self.run(self.ledger.release(self.real(user), job_id, holder=holder, outcome=outcome))
+        assert got == self.model.release(user, job_id, holder, outcome)
 
     @rule(job=jobs | unknown_jobs)
     def finish(self, job: UserJob) -> None:
         user, job_id = job
         outcome = f"finished {job_id}".encode()
         got = self.run(self.ledger.finish(self.real(user), job_id, outcome=outcome))
-        assert got == self.model.finish(user, job_id, outcome)
+        assert finish_answer(got) == self.model.finish(user, job_id, outcome)
 
     @rule(job=jobs, holder=holders)
     def expire(self, job: UserJob, holder: str) -> None:
@@ -362,5 +402,5 @@ def test_the_model_refuses_past_the_cap() -> None:
     assert model.reserve("u", "b", 60, "w") == ("refused", "usd", 40)
     model.expire("u", "a", "w")
     assert model.reserve("u", "b", 60, "w")[0] == "reserved"
-    assert model.settle("u", "a", 50, b"x")[:3] == (True, 50, b"x")
+    assert model.settle("u", "a", "w", 50, b"x")[:3] == (True, 50, b"x")
     assert model.user("u").snapshot() == (100, 50, 60)

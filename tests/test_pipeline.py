@@ -18,6 +18,7 @@ from tests.support import (
     job,
     produce,
     read_all,
+    spent,
     wait_for_events,
     worker_env,
     workers,
@@ -141,8 +142,8 @@ async def test_three_worker_processes_share_partitions_and_budgets(pipeline: Pip
         )
     assert len({items[0]["worker_id"] for items in events.values()}) == 3
     for user in users:
-        assert await pipeline.ledger.spent_total(user) <= 50_000
-        assert await pipeline.ledger.spent_total(user) == first_costs(events, user)
+        assert await spent(pipeline.ledger, user) <= 50_000
+        assert await spent(pipeline.ledger, user) == first_costs(events, user)
 
 
 async def test_a_killed_worker_loses_no_job_and_charges_none_twice(pipeline: Pipeline) -> None:
@@ -315,7 +316,7 @@ async def test_a_redelivered_finished_job_republishes_without_a_model_call(
     assert first["type"] == second["type"] == "completion.succeeded"
     assert first["cost_nanousd"] == second["cost_nanousd"]
     assert first["response"] == second["response"]
-    assert await pipeline.ledger.spent_total("again") == first["cost_nanousd"]
+    assert await spent(pipeline.ledger, "again") == first["cost_nanousd"]
 
 
 async def test_sigterm_drains_and_exits_zero(pipeline: Pipeline) -> None:

@@ -96,9 +96,10 @@ async def test_the_consumer_and_the_producer_get_tls_and_sasl(
 ) -> None:
     settings = secure_settings("broker-1:9093,broker-2:9093", certs, kafka_sasl_mechanism=mechanism)
     publisher = KafkaPublisher(settings)
-    consumer = JobConsumer(settings, cast(Any, None), cast(Any, None))
+    consumer = JobConsumer(settings, *[cast(Any, None)] * 4)
     clients = {
         "producer": publisher._producer.client,
+        "compressing producer": publisher._compressed.client,
         "consumer": consumer._consumer._client,
     }
     try:

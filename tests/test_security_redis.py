@@ -39,7 +39,7 @@ from tests.support import (
 from worker import ledger as ledger_module
 from worker.dev.servers import EmbeddedKafka, EmbeddedRedis, free_port
 from worker.errors import ConfigError, LedgerUnavailable
-from worker.ledger import Budget, Ledger
+from worker.ledger import Budget, LeaseRef, Ledger
 from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(120)
@@ -243,14 +243,16 @@ async def test_every_ledger_operation_runs_under_the_worker_acl(
     )
     assert type(reserved).__name__ == "Reserved"
     assert await ledger.extend("alice", "j1", lease_ms=60_000, holder="h")
+    assert await ledger.renew([LeaseRef("alice", "j1", "h")], lease_ms=60_000) == [True]
     settled = await ledger.settle(
-        "alice", "j1", cost_nanousd=900, tokens=40, model="m", outcome=b'{"e":1}'
+        "alice", "j1", holder="h", cost_nanousd=900, tokens=40, model="m", outcome=b'{"e":1}'
     )
     assert settled.first
     await ledger.reserve("alice", "j2", cost_nanousd=1000, tokens=5, lease_ms=1, holder="h")
     time.sleep(0.01)  # noqa: ASYNC251  let the lease lapse, so the next script reclaims it
-    assert await ledger.release("alice", "j2", outcome=b'{"e":2}') is False
-    assert await ledger.finish("alice", "j3", outcome=b'{"e":3}') == b'{"e":3}'
+    assert await ledger.release("alice", "j2", holder="h", outcome=b'{"e":2}') is False
+    finished = await ledger.finish("alice", "j3", outcome=b'{"e":3}')
+    assert type(finished).__name__ == "Finished" and finished.outcome == b'{"e":3}'
     state = await ledger.state("alice")
     assert state is not None and state.model_spend_nanousd == {"m": 900}
     assert await ledger.reset("alice")

@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import gc
-import time
 
 from worker.metrics import Metrics
 from worker.service import freeze_start_up_objects
 
 
-def test_freezing_start_up_objects_makes_a_full_collection_cheap() -> None:
-    # worker.service imports litellm (through worker.provider): ~400,000 objects.
+def test_freezing_start_up_objects_hides_them_from_the_collector() -> None:
+    # worker.service imports litellm (through worker.provider): ~400,000 objects. Frozen,
+    # a full collection no longer walks them (its time is measured in bench/, not here).
     gc.collect()
-    started = time.perf_counter()
-    gc.collect()
-    unfrozen_s = time.perf_counter() - started
+    tracked = len(gc.get_objects())
     try:
         freeze_start_up_objects()
         assert gc.get_freeze_count() > 100_000
-        started = time.perf_counter()
-        gc.collect()
-        frozen_s = time.perf_counter() - started
+        assert len(gc.get_objects()) < tracked / 5
     finally:
         gc.unfreeze()
-    assert frozen_s < unfrozen_s / 5
 
 
 def test_metrics_include_process_and_gc_collectors() -> None:

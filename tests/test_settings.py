@@ -29,9 +29,16 @@ def test_settings_are_read_from_bw_variables(monkeypatch: pytest.MonkeyPatch) ->
     assert str(settings.default_budget_usd) == "0.0002"
 
 
-def test_a_lease_shorter_than_a_call_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_lease_shorter_than_a_call_is_valid_because_leases_are_renewed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("BW_LEASE_MS", "5000")
-    monkeypatch.setenv("BW_MODEL_TIMEOUT_S", "10")
+    monkeypatch.setenv("BW_MODEL_TIMEOUT_S", "120")
+    assert load_settings().lease_ms == 5000
+
+
+def test_a_lease_too_short_to_renew_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BW_LEASE_MS", "500")
     with pytest.raises(ConfigError, match="BW_LEASE_MS"):
         load_settings()
 

@@ -55,11 +55,14 @@ from pydantic import ValidationError
 
 from schemas.jobs import CompletionJob, JobParams
 from schemas.money import nanousd_to_usd, usd_to_nanousd
-from worker import admission, ledger, service
+from worker import ledger, spend
 from worker.errors import BudgetWorkerError, ConfigError
-from worker.estimate import Estimate, estimate, framing_for, prompt_token_bound
+from worker.estimate import estimate, framing_for, prompt_token_bound
+from worker.gate import LedgerGate
+from worker.leases import LeaseKeeper
+from worker.metrics import Metrics
 from worker.models import ModelEntry, ModelList, tokenizer_family
-from worker.provider import Provider, cost_map_price
+from worker.provider import Completion, Provider, cost_map_price
 from worker.settings import Settings
 
 __all__ = [
@@ -198,11 +201,29 @@ class AsyncBudgetManager:
             settings = settings.model_copy(update={"redis_url": redis_url})
         self.settings = settings
         self.models = models
-        self.ledger = ledger_ if ledger_ is not None else service.build_ledger(settings)
-        self.provider = provider if provider is not None else service.build_provider(settings)
+        self.ledger = ledger_ if ledger_ is not None else ledger.Ledger.from_settings(settings)
+        self.provider = provider if provider is not None else Provider.from_settings(settings)
         self._owns_ledger = ledger_ is None
+        self._spend: spend.SpendPath | None = None
+
+    def _spend_path(self) -> spend.SpendPath:
+        """The worker's spend path, made on first use (inside the running event loop)."""
+        if self._spend is None:
+            self._spend = spend.SpendPath(
+                self.ledger,
+                self.provider,
+                LeaseKeeper(self.ledger, self.settings.lease_ms),
+                LedgerGate(self.settings.redis_retry_s),
+                Metrics(),
+                holder_prefix="compat",
+                admission_policy=self.settings.admission_policy,
+                clamp_min_tokens=self.settings.clamp_min_tokens,
+            )
+        return self._spend
 
     async def close(self) -> None:
+        if self._spend is not None:
+            await self._spend.leases.stop()
         if self._owns_ledger:
             await self.ledger.close()
 
@@ -319,6 +340,7 @@ class AsyncBudgetManager:
         await self.ledger.settle(
             user,
             f"compat-charge-{uuid.uuid4().hex}",
+            holder="compat:update_cost",
             cost_nanousd=cost,
             tokens=usage.prompt_tokens + usage.completion_tokens,
             model=usage.model,
@@ -339,97 +361,31 @@ class AsyncBudgetManager:
         and litellm's connection arguments (``api_base``, ``api_key``, ...).
         """
         entry, job = self._job(user, model, messages, kwargs)
-        wanted = estimate(job, entry, self.settings.default_max_tokens)
-        holder = f"compat:{uuid.uuid4().hex[:12]}"
-        admitted = await self._reserve(job, entry, wanted, holder)
-        params = job.params.model_dump(exclude_none=True)
-        plain_messages = [m.model_dump(exclude_none=True) for m in job.messages]
-
-        async def extend_lease(attempt: int, delay_s: float) -> None:
-            await self.ledger.extend(user, job.job_id, lease_ms=self._lease_ms(), holder=holder)
-
-        try:
-            completion = await self.provider.complete(
-                entry,
-                plain_messages,
-                params,
-                admitted.max_output_tokens,
-                before_retry=extend_lease,
-            )
-        except BaseException as exc:
-            # Nothing is charged for a failed call; shielded so a cancellation cannot
-            # leave the money held until the lease runs out.
-            outcome = json.dumps({"type": "compat.failed", "error": type(exc).__name__}).encode()
-            release = asyncio.ensure_future(self.ledger.release(user, job.job_id, outcome=outcome))
-            await asyncio.shield(release)
-            raise
-        usage = _Usage(model, completion.prompt_tokens, completion.completion_tokens)
-        cost = entry.price.cost_nanousd(
-            usage.prompt_tokens, usage.completion_tokens, round_up=False
+        request = spend.Request(
+            user_id=user,
+            job_id=job.job_id,
+            entry=entry,
+            messages=[m.model_dump(exclude_none=True) for m in job.messages],
+            params=job.params.model_dump(exclude_none=True),
+            estimate=estimate(job, entry, self.settings.default_max_tokens),
         )
-        settle = asyncio.ensure_future(
-            self.ledger.settle(
+        result = await self._spend_path().run(request, _CompatOutcomes(model))
+        if isinstance(result, spend.Charged):
+            return result.completion.response
+        if isinstance(result, spend.CallFailed):
+            if result.error is not None:
+                raise result.error
+            raise BudgetWorkerError(result.failure.message)
+        if isinstance(result, spend.Refusal):
+            refused = result.refused
+            raise BudgetExceeded(
                 user,
-                job.job_id,
-                cost_nanousd=cost,
-                tokens=completion.total_tokens,
-                model=model,
-                outcome=_outcome("compat.succeeded", cost, usage),
+                result.reason,
+                estimated_cost_nanousd=result.estimate.cost_nanousd,
+                remaining=None if refused is None else refused.remaining,
+                retry_after_s=result.retry_after_s,
             )
-        )
-        await asyncio.shield(settle)  # the model answered: the charge must land
-        return completion.response
-
-    async def _reserve(
-        self, job: CompletionJob, entry: ModelEntry, wanted: Estimate, holder: str
-    ) -> Estimate:
-        current = wanted
-        while True:
-            result = await self.ledger.reserve(
-                job.user_id,
-                job.job_id,
-                cost_nanousd=current.cost_nanousd,
-                tokens=current.tokens,
-                lease_ms=self._lease_ms(),
-                holder=holder,
-            )
-            if isinstance(result, ledger.Reserved):
-                return current
-            if isinstance(result, ledger.NoBudget):
-                raise BudgetExceeded(
-                    job.user_id, "no_budget", estimated_cost_nanousd=current.cost_nanousd
-                )
-            if isinstance(result, ledger.Finished):  # a fresh job id cannot be final
-                raise BudgetWorkerError(f"job {job.job_id} is already finished")
-            if result.limit != "usd":
-                retry_s = None if result.retry_after_ms is None else result.retry_after_ms / 1000
-                raise BudgetExceeded(
-                    job.user_id,
-                    "rate_limited",
-                    estimated_cost_nanousd=current.cost_nanousd,
-                    remaining=result.remaining,
-                    retry_after_s=retry_s,
-                )
-            clamped = None
-            if result.remaining > 0:
-                clamped = admission.admit(
-                    current,
-                    result.remaining,
-                    entry.price,
-                    self.settings.admission_policy,
-                    self.settings.clamp_min_tokens,
-                )
-            if clamped is None or clamped == current:
-                raise BudgetExceeded(
-                    job.user_id,
-                    "budget_exceeded",
-                    estimated_cost_nanousd=current.cost_nanousd,
-                    remaining=result.remaining,
-                )
-            current = clamped
-
-    def _lease_ms(self) -> int:
-        return max(self.settings.lease_ms, int(self.settings.model_timeout_s * 1000) + 10_000)
+        raise BudgetWorkerError(f"job {job.job_id} is already finished")  # a fresh job id
 
     def _job(
         self, user: str, model: str, messages: list[dict[str, Any]], kwargs: dict[str, Any]
@@ -552,6 +508,20 @@ def _count_tokens(model: str, input_text: str, output_text: str) -> tuple[int, i
         encoding = tiktoken.get_encoding("cl100k_base")
     prompt = len(encoding.encode_ordinary(input_text)) + 1 + 3 + 3
     return prompt, len(encoding.encode_ordinary(output_text))
+
+
+class _CompatOutcomes:
+    """What the ledger stores for a safe-path call (there is no event to publish)."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def succeeded(self, completion: Completion, charge: spend.Charge) -> bytes:
+        usage = _Usage(self.model, charge.prompt_tokens, charge.completion_tokens)
+        return _outcome("compat.succeeded", charge.cost_nanousd, usage)
+
+    def failed(self, failure: spend.Failure) -> bytes:
+        return json.dumps({"type": "compat.failed", "error": failure.error_type}).encode()
 
 
 def _outcome(kind: str, cost_nanousd: int, usage: _Usage) -> bytes:

@@ -5,6 +5,8 @@ job) are return values; exceptions are for broken things.
     +-- ConfigError              bad settings or model list (not retryable: fix and restart)
     +-- LedgerUnavailable        Redis unreachable or timed out (retryable)
     +-- LedgerError              a script answered something impossible (not retryable)
+    +-- LeaseLost                a reservation's lease was lost or could not be renewed in
+                                 time: its call is stopped (retryable: admit again)
     +-- ProviderError            a model call failed
         +-- RetryableProviderError   429, 5xx, timeouts, connection errors
         +-- PermanentProviderError   400, auth, context length, unknown model at provider
@@ -34,6 +36,18 @@ class LedgerUnavailable(BudgetWorkerError):
 
 class LedgerError(BudgetWorkerError):
     """The ledger answered something the protocol does not allow."""
+
+
+class LeaseLost(BudgetWorkerError):
+    """A reservation's lease ended under its holder: the ledger reclaimed it (``lost``)
+    or the holder could not renew it in time (``expired``). No call may run outside a
+    live reservation, so the holder stops its call and starts no new attempt."""
+
+    retryable = True
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the reservation's lease was {reason}")
+        self.reason = reason
 
 
 class ProviderError(BudgetWorkerError):

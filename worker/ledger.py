@@ -29,8 +29,10 @@ from redis.asyncio.connection import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
+from schemas.money import usd_to_nanousd
 from worker import keys
 from worker.errors import ConfigError, LedgerError, LedgerUnavailable
+from worker.settings import Settings
 
 __all__ = [
     "MAX_NANOUSD",
@@ -39,7 +41,9 @@ __all__ = [
     "Budget",
     "BudgetSnapshot",
     "BudgetState",
+    "Busy",
     "Finished",
+    "LeaseRef",
     "Ledger",
     "NoBudget",
     "Period",
@@ -164,6 +168,22 @@ class Settled:
     snapshot: BudgetSnapshot
 
 
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """Another delivery of the job holds a live reservation (it is being run)."""
+
+    holder: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRef:
+    """A reservation's lease, as its holder renews it."""
+
+    user_id: str
+    job_id: str
+    holder: str
+
+
 ReserveResult = Reserved | Refused | NoBudget | Finished
 
 
@@ -228,6 +248,7 @@ def _budget(
 # Replies that mean "Redis cannot answer right now", though redis-py raises them as
 # ResponseError: the caller should retry, exactly as for a dropped connection.
 _UNAVAILABLE_PREFIXES = (
+    "MISCONF",  # a failed snapshot stops writes until it succeeds again
     "BUSY",
     "LOADING",
     "MASTERDOWN",
@@ -383,6 +404,24 @@ class Ledger:
         # redis-py's BlockingConnectionPool (a Condition and a timeout per command).
         kwargs.setdefault("max_in_flight", max_connections)
         return cls(client, **kwargs)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Ledger:
+        """The worker's ledger: ``BW_REDIS_*``, the default budget, the outcome TTL."""
+        default = None
+        if settings.default_budget_usd is not None:
+            default = Budget(
+                limit_nanousd=usd_to_nanousd(settings.default_budget_usd, round_up=False),
+                period=settings.default_budget_period,
+            )
+        return cls.from_url(
+            settings.redis_url,
+            cluster=settings.redis_cluster,
+            max_connections=settings.redis_max_connections,
+            timeout_s=settings.redis_timeout_s,
+            default_budget=default,
+            outcome_ttl_s=settings.outcome_ttl_s,
+        )
 
     async def close(self) -> None:
         with contextlib.suppress(*_CAUGHT):
@@ -540,11 +579,6 @@ class Ledger:
         await self._command("HDEL", keys.USERS_INDEX, k.token)
         return existed
 
-    async def spent_total(self, user_id: str) -> int:
-        """Spent in the current period (0 when the user has no budget)."""
-        state = await self.state(user_id)
-        return 0 if state is None else state.snapshot.spent_nanousd
-
     # -- jobs -----------------------------------------------------------------------
 
     async def reserve(
@@ -609,22 +643,76 @@ class Ledger:
         args += [_utf8(holder), str(lease_ms)]
         return bool(await self._run("extend", keys_, args))
 
+    async def renew(self, leases: Sequence[LeaseRef], *, lease_ms: int) -> list[bool | None]:
+        """Move many leases' deadlines to ``lease_ms`` from now in one round trip (a
+        pipeline of extend scripts; on Redis Cluster one per node). Each answer is True
+        (renewed), False (the holder no longer holds a live reservation: its lease was
+        reclaimed, or the job ended) or None (that lease's node did not answer). Raises
+        :class:`LedgerUnavailable` when Redis did not answer at all."""
+        _check_int("lease_ms", lease_ms, 0, MAX_LEASE_MS)
+        if not leases:
+            return []
+        commands = []
+        for lease in leases:
+            _, keys_, args = self._job(lease.user_id, lease.job_id)
+            args += [_utf8(lease.holder), str(lease_ms)]
+            commands.append((keys_, args))
+        answers = await self._pipeline("extend", commands)
+        if answers and all(isinstance(answer, BaseException) for answer in answers):
+            raise _translate(answers[0])
+        return [None if isinstance(a, BaseException) else bool(a) for a in answers]
+
+    async def _pipeline(
+        self, name: str, commands: Sequence[tuple[Sequence[str], Sequence[str | bytes]]]
+    ) -> list[Any]:
+        """Script ``name`` once per ``(keys, args)``, pipelined; per-command answers, an
+        exception object where that command failed."""
+        sha = self._shas[name]
+
+        async def send() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for keys_, args in commands:
+                pipe.execute_command("EVALSHA", sha, len(keys_), *keys_, *args)
+            return list(await pipe.execute(raise_on_error=False))
+
+        try:
+            if self._gate is None:
+                answers = await send()
+            else:
+                async with self._gate:
+                    answers = await send()
+            if any(isinstance(answer, redis_errors.NoScriptError) for answer in answers):
+                await self._client.script_load(_SCRIPTS[name])
+                answers = await send()
+        except _CAUGHT as exc:
+            raise _translate(exc) from exc
+        return answers
+
     async def settle(
         self,
         user_id: str,
         job_id: str,
         *,
+        holder: str,
         cost_nanousd: int,
         tokens: int,
         model: str,
         outcome: bytes,
     ) -> Settled:
-        """Charge the actual cost to the period the reservation was made in (even past
-        the cap), once. See settle.lua."""
+        """Charge the call made under ``holder``'s reservation its actual cost, once
+        (even past the cap). The live holder's reservation becomes spend; any other
+        holder's call is charged on its own. See settle.lua."""
         _check_int("cost_nanousd", cost_nanousd, 0, MAX_NANOUSD)
         _check_int("tokens", tokens, 0, MAX_TOKENS)
         _, keys_, args = self._job(user_id, job_id)
-        args += [str(cost_nanousd), str(tokens), _utf8(model), outcome, self._outcome_ttl_ms]
+        args += [
+            _utf8(holder),
+            str(cost_nanousd),
+            str(tokens),
+            _utf8(model),
+            outcome,
+            self._outcome_ttl_ms,
+        ]
         reply = await self._run("settle", keys_, args)
         first, charged, has_outcome, stored, limit, spent, reserved, end = reply
         return Settled(
@@ -634,23 +722,35 @@ class Ledger:
             snapshot=_snapshot(limit, spent, reserved, end),
         )
 
-    async def release(self, user_id: str, job_id: str, *, outcome: bytes | None = None) -> bool:
-        """Drop the job's reservation, charging nothing. True if a live reservation was
-        dropped. With ``outcome`` the job is final; without, a redelivery may reserve it
-        again."""
+    async def release(
+        self, user_id: str, job_id: str, *, holder: str, outcome: bytes | None = None
+    ) -> bool:
+        """Drop ``holder``'s reservation, charging nothing; True if it was live. Another
+        holder's live reservation is never touched. With ``outcome`` the job is final;
+        without, a redelivery may reserve it again."""
         _, keys_, args = self._job(user_id, job_id)
+        args.append(_utf8(holder))
         if outcome is None:
             args += ["0", b"", self._outcome_ttl_ms]
         else:
             args += ["1", outcome, self._outcome_ttl_ms]
         return bool(await self._run("release", keys_, args))
 
-    async def finish(self, user_id: str, job_id: str, *, outcome: bytes) -> bytes:
-        """Record the final outcome of a job that holds no reservation (a refusal);
-        the first outcome stored wins and is returned."""
+    async def finish(self, user_id: str, job_id: str, *, outcome: bytes) -> Finished | Busy:
+        """Record the final outcome of a job that holds no reservation (a refusal); the
+        first outcome stored wins and is returned (with its settle's snapshot, when the
+        job was settled). :class:`Busy` when another delivery of the job holds a live
+        reservation: its outcome will answer the job."""
         _, keys_, args = self._job(user_id, job_id)
         args += [outcome, self._outcome_ttl_ms]
-        return bytes(await self._run("finish", keys_, args))
+        reply = await self._run("finish", keys_, args)
+        if reply[0] == 2:
+            return Busy(holder=_text(reply[1]))
+        _, stored, has_snapshot, limit, spent, reserved, end = reply
+        return Finished(
+            outcome=bytes(stored),
+            snapshot=_snapshot(limit, spent, reserved, end) if has_snapshot else None,
+        )
 
 
 def _decodes_responses(client: RedisClient) -> bool:

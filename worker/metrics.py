@@ -62,6 +62,13 @@ class Metrics:
         self.model_retries = Counter(
             "bw_model_retries", "Model call retries.", ["model"], registry=r
         )
+        self.cut_off = Counter(
+            "bw_model_calls_cut_off",
+            "Model calls stopped mid-flight and released uncharged (the provider may still "
+            "bill them): lease_lost, lease_expired (not renewable in time), cancelled.",
+            ["reason"],
+            registry=r,
+        )
         self.spend = Counter(
             "bw_spend_nanousd", "Nano-USD charged to budgets.", ["model"], registry=r
         )

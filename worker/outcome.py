@@ -1,14 +1,14 @@
 """The terminal events a job can end in, built from the job and the ledger's answers.
 
-One place builds every event so each carries the contract's common fields (job id,
-user id, model, metadata, worker id) the same way.
+One place builds every event, so each carries the contract's common fields (job id,
+user id, model, metadata, worker id) the same way, and every event goes through the
+schema: a stored event is parsed and rebuilt, never patched as JSON.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from schemas.events import (
     BudgetSnapshot,
@@ -16,8 +16,9 @@ from schemas.events import (
     CompletionRejected,
     CompletionSucceeded,
     RejectReason,
+    TerminalEvent,
     Usage,
-    encode_event,
+    parse_event,
 )
 from schemas.jobs import CompletionJob
 from worker import ledger
@@ -39,7 +40,8 @@ def snapshot(state: ledger.BudgetSnapshot | None) -> BudgetSnapshot | None:
     )
 
 
-_UNSETTLED = BudgetSnapshot(limit_nanousd=0, spent_nanousd=0, remaining_nanousd=0, period_end=None)
+UNSETTLED = BudgetSnapshot(limit_nanousd=0, spent_nanousd=0, remaining_nanousd=0, period_end=None)
+"""The budget of a success event before its settle has answered."""
 
 
 class Outcomes:
@@ -60,30 +62,24 @@ class Outcomes:
         retry_after_s: float | None = None,
         estimated_cost_nanousd: int | None = None,
         budget: ledger.BudgetSnapshot | None = None,
-    ) -> bytes:
-        return encode_event(
-            CompletionRejected(
-                type="completion.rejected",
-                job_id=job_id,
-                user_id=user_id,
-                model=model,
-                metadata=metadata,
-                worker_id=self.worker_id,
-                reason=reason,
-                detail=detail,
-                retry_after_s=retry_after_s,
-                estimated_cost_nanousd=estimated_cost_nanousd,
-                budget=snapshot(budget),
-            )
+    ) -> CompletionRejected:
+        return CompletionRejected(
+            type="completion.rejected",
+            job_id=job_id,
+            user_id=user_id,
+            model=model,
+            metadata=metadata,
+            worker_id=self.worker_id,
+            reason=reason,
+            detail=detail,
+            retry_after_s=retry_after_s,
+            estimated_cost_nanousd=estimated_cost_nanousd,
+            budget=snapshot(budget),
         )
 
     def reject_job(
-        self,
-        job: CompletionJob,
-        reason: RejectReason,
-        detail: str,
-        **kwargs: Any,
-    ) -> bytes:
+        self, job: CompletionJob, reason: RejectReason, detail: str, **kwargs: Any
+    ) -> CompletionRejected:
         return self.rejected(
             job.job_id, job.user_id, job.model, job.metadata, reason, detail, **kwargs
         )
@@ -97,21 +93,19 @@ class Outcomes:
         retryable: bool,
         attempts: int,
         cost_nanousd: int = 0,
-    ) -> bytes:
-        return encode_event(
-            CompletionFailed(
-                type="completion.failed",
-                job_id=job.job_id,
-                user_id=job.user_id,
-                model=job.model,
-                metadata=job.metadata,
-                worker_id=self.worker_id,
-                error_type=error_type,
-                error=error,
-                retryable=retryable,
-                attempts=attempts,
-                cost_nanousd=cost_nanousd,
-            )
+    ) -> CompletionFailed:
+        return CompletionFailed(
+            type="completion.failed",
+            job_id=job.job_id,
+            user_id=job.user_id,
+            model=job.model,
+            metadata=job.metadata,
+            worker_id=self.worker_id,
+            error_type=error_type,
+            error=error,
+            retryable=retryable,
+            attempts=attempts,
+            cost_nanousd=cost_nanousd,
         )
 
     def succeeded(
@@ -123,8 +117,9 @@ class Outcomes:
         completion_tokens: int,
         cost_nanousd: int,
         attempts: int,
+        cost_basis: Literal["usage", "reservation"] = "usage",
     ) -> CompletionSucceeded:
-        """The success event, its ``budget`` still zero: the settle fills it in."""
+        """The success event, its ``budget`` still :data:`UNSETTLED`: the settle fills it."""
         return CompletionSucceeded(
             type="completion.succeeded",
             job_id=job.job_id,
@@ -139,29 +134,45 @@ class Outcomes:
                 total_tokens=prompt_tokens + completion_tokens,
             ),
             cost_nanousd=cost_nanousd,
-            budget=_UNSETTLED,
+            cost_basis=cost_basis,
+            budget=UNSETTLED,
             attempts=attempts,
         )
 
 
-def settled_event(event: CompletionSucceeded, budget: ledger.BudgetSnapshot) -> bytes:
-    """The success event as published, with the budget its settle left."""
+def with_budget(event: TerminalEvent, budget: ledger.BudgetSnapshot | None) -> TerminalEvent:
+    """A success event with the budget its settle left (other events as they are)."""
     view = snapshot(budget)
-    assert view is not None
-    return encode_event(event.model_copy(update={"budget": view}))
+    if view is None or not isinstance(event, CompletionSucceeded):
+        return event
+    return event.model_copy(update={"budget": view})
 
 
-def with_budget(outcome: bytes, budget: ledger.BudgetSnapshot | None) -> bytes:
-    """A stored success event with the budget the ledger recorded at its settle.
+def stored(outcome: bytes, budget: ledger.BudgetSnapshot | None) -> TerminalEvent:
+    """An event the ledger stored, rebuilt through the schema, with the budget the
+    ledger recorded at its settle (the stored one predates it)."""
+    return with_budget(parse_event(outcome), budget)
 
-    The event stored by ``settle`` is written before the settle's own result is
-    known, so a republished success takes its ``budget`` from the ledger's record.
-    """
-    view = snapshot(budget)
-    if view is None:
-        return outcome
-    event = json.loads(outcome)
-    if event.get("type") != "completion.succeeded":
-        return outcome
-    event["budget"] = json.loads(view.model_dump_json())
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+
+def too_large(event: TerminalEvent, size_bytes: int, limit_bytes: int) -> CompletionFailed:
+    """What a producer is told when a job's event is too large for the broker: the job
+    ended, its response is lost, and what it was charged."""
+    cost = event.cost_nanousd if isinstance(event, CompletionSucceeded | CompletionFailed) else 0
+    attempts = event.attempts if isinstance(event, CompletionSucceeded | CompletionFailed) else 0
+    return CompletionFailed(
+        type="completion.failed",
+        job_id=event.job_id,
+        user_id=event.user_id,
+        model=event.model,
+        metadata=event.metadata,
+        worker_id=event.worker_id,
+        error_type="event_too_large",
+        error=(
+            f"the job's {event.type} event is {size_bytes} bytes, more than the "
+            f"{limit_bytes} bytes the broker takes (BW_MAX_EVENT_BYTES), even compressed; "
+            f"its response is not delivered. Charged: {cost} nano-USD"
+        ),
+        retryable=False,
+        attempts=attempts,
+        cost_nanousd=cost,
+    )

@@ -35,6 +35,7 @@ from worker.prices import ModelPrice, to_price
 
 if TYPE_CHECKING:
     from worker.models import ModelEntry
+    from worker.settings import Settings
 
 
 def _bundled_tokenizers_dir() -> str | None:
@@ -165,6 +166,17 @@ class Provider:
     so a hard deadline a little later bounds the attempt as a whole, which keeps the
     worst case of a call computable for the reservation's lease.
     """
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Provider:
+        """The worker's provider: ``BW_MODEL_TIMEOUT_S``, ``BW_MODEL_MAX_RETRIES`` and
+        the backoff settings."""
+        return cls(
+            timeout_s=settings.model_timeout_s,
+            max_retries=settings.model_max_retries,
+            backoff_s=settings.retry_backoff_s,
+            backoff_max_s=settings.retry_backoff_max_s,
+        )
 
     def __init__(
         self,

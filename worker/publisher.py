@@ -3,20 +3,35 @@ counts as done (the consumer commits an offset only after its event is acked).
 
 No idempotent producer: some brokers (Tansu) lack it, and the design does not need
 it: a duplicate event is harmless because consumers de-duplicate on ``job_id``.
+
+An event larger than ``BW_MAX_EVENT_BYTES`` (default 1 MiB, Apache Kafka's default
+``max.message.bytes``) is sent gzip-compressed, which the broker's limit applies to
+and every Kafka client reads transparently; one that is too large even so raises
+:class:`EventTooLarge`, and the consumer publishes a small event in its place.
 """
 
 from __future__ import annotations
 
+import gzip
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
 from worker.connections import kafka_options
 from worker.settings import Settings
 
 MAX_HEADER_CHARS = 1000
 MAX_RECORD_BYTES = 16 * 1024 * 1024
+
+
+class EventTooLarge(Exception):
+    """The event cannot be written: too large for the broker even compressed."""
+
+    def __init__(self, size_bytes: int, limit_bytes: int) -> None:
+        super().__init__(f"event of {size_bytes} bytes over the {limit_bytes}-byte limit")
+        self.size_bytes = size_bytes
+        self.limit_bytes = limit_bytes
 
 
 class Publisher(Protocol):
@@ -41,6 +56,7 @@ class KafkaPublisher:
     def __init__(self, settings: Settings, **overrides: Any) -> None:
         self._dlq_topic = settings.dlq_topic
         self._truncate_to = settings.max_job_bytes
+        self.max_event_bytes = settings.max_event_bytes
         options = kafka_options(settings)
         options.update(
             acks="all",
@@ -52,15 +68,28 @@ class KafkaPublisher:
         )
         options.update(overrides)
         self._producer = AIOKafkaProducer(**options)
+        self._compressed = AIOKafkaProducer(**options, compression_type="gzip")
 
     async def start(self) -> None:
         await self._producer.start()
+        await self._compressed.start()
 
     async def stop(self) -> None:
         await self._producer.stop()
+        await self._compressed.stop()
 
     async def publish(self, topic: str, key: bytes, value: bytes) -> None:
-        await self._producer.send_and_wait(topic, value, key=key)
+        """Raises :class:`EventTooLarge` for an event the broker cannot take."""
+        producer = self._producer
+        if len(value) > self.max_event_bytes:
+            compressed = len(gzip.compress(value, compresslevel=6))
+            if compressed > self.max_event_bytes:
+                raise EventTooLarge(len(value), self.max_event_bytes)
+            producer = self._compressed
+        try:
+            await producer.send_and_wait(topic, value, key=key)
+        except (MessageSizeTooLargeError, RecordTooLargeError):
+            raise EventTooLarge(len(value), self.max_event_bytes) from None
 
     async def dead_letter(
         self,
@@ -83,7 +112,7 @@ class KafkaPublisher:
         ]
         try:
             await self._producer.send_and_wait(self._dlq_topic, value, key=key, headers=headers)
-        except MessageSizeTooLargeError:
+        except (MessageSizeTooLargeError, RecordTooLargeError):
             # Too large for the producer or the broker: keep the evidence we can.
             headers.append(("value.truncated_from", str(len(value)).encode()))
             head = value[: self._truncate_to]

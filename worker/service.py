@@ -8,54 +8,28 @@ import gc
 import logging
 import signal
 from collections.abc import Mapping
-from decimal import Decimal
 
 from worker import ledger
 from worker.connections import check_kafka
 from worker.consumer import JobConsumer
 from worker.errors import ConfigError, LedgerUnavailable
-from worker.job import JobRunner
+from worker.gate import LedgerGate
+from worker.job import JobPath
+from worker.leases import LeaseKeeper
 from worker.metrics import HealthServer, Metrics
 from worker.models import ModelList, load_models
 from worker.provider import Provider, cost_map_price
 from worker.publisher import KafkaPublisher
 from worker.settings import Settings
+from worker.spend import SpendPath
 
 log = logging.getLogger("budget_worker")
-
-
-def default_budget(settings: Settings) -> ledger.Budget | None:
-    """The budget given to users who have none, when ``BW_DEFAULT_BUDGET_USD`` is set."""
-    if settings.default_budget_usd is None:
-        return None
-    limit = int(settings.default_budget_usd * Decimal(1_000_000_000))
-    return ledger.Budget(limit_nanousd=limit, period=settings.default_budget_period)
 
 
 def model_list(settings: Settings, environ: Mapping[str, str]) -> ModelList:
     if settings.models_file is None:
         raise ConfigError("BW_MODELS_FILE is not set: the worker needs a model list")
     return load_models(settings.models_file, environ, cost_map_price)
-
-
-def build_ledger(settings: Settings) -> ledger.Ledger:
-    return ledger.Ledger.from_url(
-        settings.redis_url,
-        cluster=settings.redis_cluster,
-        max_connections=settings.redis_max_connections,
-        timeout_s=settings.redis_timeout_s,
-        default_budget=default_budget(settings),
-        outcome_ttl_s=settings.outcome_ttl_s,
-    )
-
-
-def build_provider(settings: Settings) -> Provider:
-    return Provider(
-        timeout_s=settings.model_timeout_s,
-        max_retries=settings.model_max_retries,
-        backoff_s=settings.retry_backoff_s,
-        backoff_max_s=settings.retry_backoff_max_s,
-    )
 
 
 async def serve(
@@ -69,12 +43,17 @@ async def serve(
     # the reason, rather than leaving the Kafka client retrying in the dark.
     await check_kafka(settings)
     metrics = Metrics()
-    ledger_ = build_ledger(settings)
+    ledger_ = ledger.Ledger.from_settings(settings)
     await _check_ledger(ledger_)
+    gate = LedgerGate(settings.redis_retry_s, on_change=lambda up: metrics.redis_up.set(int(up)))
+    watcher_of_ledger = asyncio.create_task(gate.watch(ledger_.ping), name="ledger-gate")
+    leases = LeaseKeeper(ledger_, settings.lease_ms)
+    spend = spend_path(settings, ledger_, Provider.from_settings(settings), leases, gate, metrics)
     publisher = KafkaPublisher(settings)
-    runner = JobRunner(settings, ledger_, models, build_provider(settings), publisher, metrics)
-    consumer = JobConsumer(settings, runner, metrics)
-    health = HealthServer(metrics, ready=lambda: consumer.started and runner.ledger_ok.is_set())
+    consumer = JobConsumer(
+        settings, JobPath(settings, spend, models, metrics), publisher, gate, metrics
+    )
+    health = HealthServer(metrics, ready=lambda: consumer.started and gate.is_open)
     if stop is None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -99,11 +78,33 @@ async def serve(
     finally:
         if stop is not None:
             watcher.cancel()
+        watcher_of_ledger.cancel()
+        await leases.stop()
         await publisher.stop()
         await ledger_.close()
         await health.stop()
         log.info("worker stopped")
     return 0
+
+
+def spend_path(
+    settings: Settings,
+    ledger_: ledger.Ledger,
+    provider: Provider,
+    leases: LeaseKeeper,
+    gate: LedgerGate,
+    metrics: Metrics,
+) -> SpendPath:
+    return SpendPath(
+        ledger_,
+        provider,
+        leases,
+        gate,
+        metrics,
+        holder_prefix=settings.worker_id,
+        admission_policy=settings.admission_policy,
+        clamp_min_tokens=settings.clamp_min_tokens,
+    )
 
 
 def freeze_start_up_objects() -> None:

@@ -1,0 +1,155 @@
+"""The job path, in-process: every outcome of a decoded job, over a real Redis, with a
+scripted provider (no broker, no HTTP). End-to-end runs through real servers are in
+test_pipeline.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from schemas.events import CompletionFailed, CompletionRejected, CompletionSucceeded, encode_event
+from schemas.jobs import CompletionJob, parse_job
+from tests.support import MODEL, InProcess, in_process, job, spent
+from worker.dev.doubles import Call, ScriptedProvider, answer
+from worker.errors import RetryableProviderError
+from worker.ledger import Budget
+
+USD = 1_000_000_000
+
+
+def decoded(job_id: str, user: str = "alice", **fields: Any) -> CompletionJob:
+    return parse_job(json.dumps(job(job_id, user, **fields), default=str).encode())
+
+
+@pytest.fixture
+async def rig(redis_url: str) -> AsyncIterator[InProcess]:
+    path = in_process(redis_url, ScriptedProvider())
+    await path.ledger.set_budget("alice", Budget(USD, "none"))
+    try:
+        yield path
+    finally:
+        await path.close()
+
+
+async def test_a_job_is_charged_its_usage_and_answered_with_the_budget_it_left(
+    rig: InProcess,
+) -> None:
+    rig.provider.handler = lambda call: answer(prompt_tokens=100, completion_tokens=10)
+    outcome = await rig.jobs.run(decoded("j1"))
+    event = outcome.event
+    assert isinstance(event, CompletionSucceeded)
+    cost = 100 * 150 + 10 * 600  # nano-USD per token: 0.15 and 0.60 USD per million
+    assert event.cost_nanousd == cost == await spent(rig.ledger, "alice")
+    assert event.budget.spent_nanousd == cost
+    assert event.budget.remaining_nanousd == USD - cost
+    assert outcome.reply_to is None
+
+
+async def test_the_jobs_metadata_is_never_handed_to_the_provider(rig: InProcess) -> None:
+    """``metadata`` is also a litellm parameter (it reaches callbacks and loggers); the
+    job's own metadata is only echoed on events."""
+    outcome = await rig.jobs.run(decoded("j1", metadata={"secret-ish": "tenant-7"}))
+    assert outcome.event.metadata == {"secret-ish": "tenant-7"}
+    (call,) = rig.provider.calls
+    assert "metadata" not in call.params
+    assert "tenant-7" not in json.dumps([call.params, call.messages])
+
+
+async def test_a_redelivery_after_the_deadline_answers_the_stored_success(
+    rig: InProcess,
+) -> None:
+    deadline = datetime.now(UTC) + timedelta(seconds=1)
+    first = await rig.jobs.run(decoded("j1", deadline=deadline.isoformat()))
+    assert isinstance(first.event, CompletionSucceeded)
+    late = decoded("j1", deadline=(datetime.now(UTC) - timedelta(seconds=1)).isoformat())
+    again = await rig.jobs.run(late)
+    assert encode_event(again.event) == encode_event(first.event)
+    assert len(rig.provider.calls) == 1
+
+
+async def test_a_redelivery_after_the_model_left_the_list_answers_the_stored_success(
+    rig: InProcess,
+) -> None:
+    first = await rig.jobs.run(decoded("j1"))
+    rig.jobs.models = type(rig.jobs.models)([])  # the model list changed
+    again = await rig.jobs.run(decoded("j1"))
+    assert encode_event(again.event) == encode_event(first.event)
+
+
+async def test_an_unknown_model_is_refused_naming_the_models_the_worker_has(
+    rig: InProcess,
+) -> None:
+    outcome = await rig.jobs.run(decoded("j1", model="gpt-5-unknown"))
+    assert isinstance(outcome.event, CompletionRejected)
+    assert outcome.event.reason == "unknown_model"
+    assert f"it has {MODEL!r}" in outcome.event.detail
+    assert rig.provider.calls == []
+
+
+async def test_an_estimate_larger_than_the_whole_budget_says_it_can_never_fit(
+    rig: InProcess,
+) -> None:
+    await rig.ledger.set_budget("bob", Budget(100_000, "daily"))
+    outcome = await rig.jobs.run(decoded("j1", "bob", max_tokens=1024))
+    event = outcome.event
+    assert isinstance(event, CompletionRejected) and event.reason == "budget_exceeded"
+    assert "can never fit" in event.detail
+    for fix in ("max_tokens", "BW_DEFAULT_MAX_TOKENS", "BW_ADMISSION_POLICY=clamp"):
+        assert fix in event.detail
+    assert rig.provider.calls == []
+
+
+async def test_a_failed_call_is_released_and_answered_failed(rig: InProcess) -> None:
+    def fail(call: Call) -> Any:
+        raise RetryableProviderError("server_error", "InternalServerError (status 500)")
+
+    rig.provider.handler = fail
+    outcome = await rig.jobs.run(decoded("j1"))
+    assert isinstance(outcome.event, CompletionFailed)
+    assert outcome.event.error_type == "server_error" and outcome.event.cost_nanousd == 0
+    state = await rig.ledger.state("alice")
+    assert state is not None and (
+        state.snapshot.spent_nanousd,
+        state.snapshot.reserved_nanousd,
+    ) == (
+        0,
+        0,
+    )
+
+
+async def test_a_delivery_waits_for_another_that_runs_the_job_and_answers_its_outcome(
+    rig: InProcess,
+) -> None:
+    release = asyncio.Event()
+
+    async def slow(call: Call) -> Any:
+        await release.wait()
+        return answer()
+
+    rig.provider.handler = slow
+    first = asyncio.create_task(rig.jobs.run(decoded("j1")))
+    await rig.provider.started.wait()
+    second = asyncio.create_task(rig.jobs.run(decoded("j1")))  # a redelivery elsewhere
+    await asyncio.sleep(0.3)
+    assert not second.done() and len(rig.provider.calls) == 1
+    release.set()
+    one, two = await asyncio.gather(first, second)
+    assert encode_event(one.event) == encode_event(two.event)
+    assert len(rig.provider.calls) == 1
+
+
+async def test_a_defect_answers_the_job_internal_error(rig: InProcess) -> None:
+    def broken(call: Call) -> Any:
+        raise KeyError("a bug")
+
+    rig.provider.handler = broken
+    outcome = await rig.jobs.run(decoded("j1"))
+    assert isinstance(outcome.event, CompletionFailed)
+    assert outcome.event.error_type == "internal_error"
+    state = await rig.ledger.state("alice")
+    assert state is not None and state.snapshot.reserved_nanousd == 0
