@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -287,7 +287,9 @@ class InProcess:
         await self.ledger.close()
 
 
-def in_process(redis_url: str, provider: Any, **settings: Any) -> InProcess:
+def in_process(
+    redis_url: str, provider: Any, entry: ModelEntry | None = None, **settings: Any
+) -> InProcess:
     """Assemble the job path as ``worker.service`` does (settings as keyword arguments,
     e.g. ``lease_ms=3000``)."""
     from worker.service import spend_path
@@ -305,7 +307,7 @@ def in_process(redis_url: str, provider: Any, **settings: Any) -> InProcess:
     gate = LedgerGate(config.redis_retry_s)
     leases = LeaseKeeper(ledger, config.lease_ms)
     spend = spend_path(config, ledger, provider, leases, gate, metrics)
-    models = ModelList([model_entry()])
+    models = ModelList([entry or model_entry()])
     return InProcess(
         config,
         ledger,
@@ -316,3 +318,12 @@ def in_process(redis_url: str, provider: Any, **settings: Any) -> InProcess:
         spend,
         JobPath(config, spend, models, metrics),
     )
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    """Wait until ``predicate()`` holds: observable state, polled, never a fixed sleep."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout_s} s")
+        await asyncio.sleep(0.01)
