@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,8 +22,9 @@ from schemas.events import CompletionSucceeded, Usage, encode_event
 from schemas.jobs import CompletionJob, InvalidJob, UndecodableJob, parse_job
 from tests.support import Topics, read_all, worker_env, workers, write_models_file
 from worker.cli import app
-from worker.client import JobClient, ResultWaiter, SyncJobClient, build_job
-from worker.dev.servers import EmbeddedKafka
+from worker.client import JobClient, ResultWaiter, SubmitFailed, SyncJobClient, build_job
+from worker.dev.servers import EmbeddedKafka, free_port
+from worker.errors import KafkaUnavailable
 from worker.ledger import Budget, Ledger
 from worker.settings import Settings
 
@@ -301,3 +305,67 @@ async def test_a_real_worker_answers_a_submitted_job(
         assert {e.type for e in events} == {"completion.succeeded", "completion.rejected"}
     finally:
         await ledger.close()
+
+
+# --- an unreachable broker ------------------------------------------------------------------
+
+
+def nowhere() -> str:
+    """A loopback address nothing listens on."""
+    return f"127.0.0.1:{free_port()}"
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+        check=False,
+    )
+
+
+async def test_a_waiter_or_a_client_for_an_unreachable_broker_says_which_broker() -> None:
+    bootstrap = nowhere()
+    settings = Settings(kafka_bootstrap=bootstrap, model_timeout_s=30, lease_ms=60_000)
+    with pytest.raises(KafkaUnavailable, match=f"cannot reach Kafka at {bootstrap} ") as caught:
+        await ResultWaiter(settings).start()
+    assert caught.value.retryable
+    with pytest.raises(SubmitFailed, match=f"cannot reach Kafka at {bootstrap} "):
+        await JobClient(settings).start()
+
+
+def test_the_sync_client_for_an_unreachable_broker_raises_and_leaves_nothing_open() -> None:
+    result = run_python(
+        "from worker.client import SyncJobClient\n"
+        "from worker.errors import KafkaUnavailable\n"
+        "from worker.settings import Settings\n"
+        "try:\n"
+        "    SyncJobClient(Settings())\n"
+        "except KafkaUnavailable as exc:\n"
+        "    print(exc)\n"
+        "import gc; gc.collect()\n",
+        BW_KAFKA_BOOTSTRAP=(bootstrap := nowhere()),
+    )
+    assert result.stdout.startswith(f"cannot reach Kafka at {bootstrap} "), result
+    # aiokafka logs its attempts (the caller's logging decides where); nothing unclosed.
+    assert "Unclosed" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("wait", [True, False], ids=["wait", "no-wait"])
+def test_submit_command_with_an_unreachable_broker_prints_one_line(wait: bool) -> None:
+    bootstrap = nowhere()
+    args = ["submit", "--user", "kim", "--model", "gpt-4o-mini", "--prompt", "Hi"]
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args, *(["--wait"] if wait else [])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "BW_KAFKA_BOOTSTRAP": bootstrap},
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"error: cannot reach Kafka at {bootstrap} "), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Annotated
 
 import typer
@@ -18,8 +19,8 @@ import typer
 from schemas.events import CompletionSucceeded, TerminalEvent, encode_event
 from schemas.jobs import CompletionJob, JobError
 from worker.client import JobClient, ResultWaiter, build_job, limits_of
-from worker.errors import BudgetWorkerError
-from worker.settings import Settings
+from worker.errors import BudgetWorkerError, ConfigError
+from worker.settings import Settings, load_settings
 
 
 def submit(
@@ -46,12 +47,14 @@ def submit(
 ) -> None:
     """Submit one completion job for a user; with --wait, print its terminal event."""
     try:
-        settings = Settings()
-        if kafka_bootstrap is not None:
-            settings = settings.model_copy(update={"kafka_bootstrap": kafka_bootstrap})
-    except ValueError as exc:
-        typer.echo(f"error: invalid settings: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        overrides = {} if kafka_bootstrap is None else {"kafka_bootstrap": kafka_bootstrap}
+        settings = load_settings(**overrides)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    # aiokafka logs each failed connection attempt; the one line below says it all.
+    logging.getLogger("aiokafka").addHandler(logging.NullHandler())
+    logging.getLogger("aiokafka").propagate = False
     try:
         job = build_job(
             user,
@@ -69,7 +72,7 @@ def submit(
         event = asyncio.run(_send(settings, job, wait, timeout))
     except (BudgetWorkerError, TimeoutError) as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        raise typer.Exit(1) from None
     if event is not None:
         typer.echo(json.dumps(json.loads(encode_event(event)), indent=2, ensure_ascii=False))
         if not isinstance(event, CompletionSucceeded):
