@@ -279,6 +279,59 @@ def test_submit_command_refuses_an_invalid_job_naming_the_field() -> None:
     assert "max_tokens" in result.output
 
 
+@pytest.mark.parametrize("source", ["file", "stdin"])
+async def test_submit_command_takes_a_prompt_too_long_for_an_argument(
+    kafka: EmbeddedKafka, topics: Topics, tmp_path: Path, source: str
+) -> None:
+    # 300 KiB: over Linux's 128 KiB limit for one argument, under BW_MAX_PROMPT_CHARS.
+    prompt = ("Grüße, ünïcode and a line break\n" * 10_000)[:300_000]
+    path = tmp_path / "prompt.txt"
+    path.write_bytes(prompt.encode("utf-8"))
+    args = ["submit", "--user", "lee", "--model", "gpt-4o-mini", "--max-tokens", "8"]
+    args += ["--prompt-file", str(path) if source == "file" else "-"]
+    env = {
+        **os.environ,
+        "BW_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "BW_JOBS_TOPIC": topics.jobs,
+        "BW_RESULTS_TOPIC": topics.results,
+    }
+    with path.open("rb") as stdin:
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "worker.cli", *args],
+            stdin=stdin if source == "stdin" else subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    [record] = await jobs_on(kafka, topics.jobs, 1)
+    job = parse_job(record.value)
+    assert job.job_id == result.stdout.decode().strip()
+    assert job.messages[-1].content == prompt
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        ([], "exactly one of --prompt and --prompt-file"),
+        (["--prompt", "hi", "--prompt-file", "-"], "exactly one of --prompt and --prompt-file"),
+        (["--prompt-file", "/nonexistent/prompt.txt"], "cannot read /nonexistent/prompt.txt"),
+        (["--prompt-file", "-"], "standard input is not UTF-8 text (byte 1)"),
+    ],
+)
+def test_submit_command_refuses_a_prompt_it_cannot_take(args: list[str], says: str) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["submit", "--user", "mo", "--model", "m", *args],
+        input=b"h\xffi",
+        env={"BW_KAFKA_BOOTSTRAP": "127.0.0.1:9"},
+    )
+    assert result.exit_code == 2
+    assert says in " ".join(result.stderr.translate({ord(c): " " for c in "│╭╮╰╯─"}).split())
+
+
 @pytest.mark.timeout(90)
 async def test_a_real_worker_answers_a_submitted_job(
     kafka: EmbeddedKafka, redis_url: str, fake_provider: Any, tmp_path: Path
