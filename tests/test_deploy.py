@@ -56,7 +56,7 @@ DASHBOARD_MUST_SHOW = {
     "bw_reserve_seconds_bucket",
     "bw_settle_seconds_bucket",
     "bw_model_call_seconds_bucket",
-    "bw_spend_nanousd_total",
+    "bw_spend_usd_total",
     "bw_consumer_lag",
     "bw_redis_up",
     "bw_dlq_records_total",

@@ -26,10 +26,12 @@ app = typer.Typer(
 @app.command()
 def run() -> None:
     """Run one worker process: consume jobs, enforce budgets, call models, publish."""
+    from worker.metrics import check_port
     from worker.service import serve
 
     try:
         settings = load_settings()
+        check_port(settings.metrics_host, settings.metrics_port)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -319,7 +319,7 @@ class JobRunner:
             return (
                 with_budget(settled.outcome, settled.snapshot) if settled.outcome else provisional
             )
-        self.metrics.spend.labels(job.model).inc(settled.charged_nanousd)
+        self.metrics.charged(job.model, settled.charged_nanousd)
         self._count("succeeded", "", job.job_id, model_ms=model_ms)
         return settled_event(event, settled.snapshot)
 
