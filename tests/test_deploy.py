@@ -48,6 +48,7 @@ PROMQL_WORDS = {
     "bool", "offset", "inf", "nan",
 }  # fmt: skip
 NON_WORKER_METRICS = {"up"}  # Prometheus' own, per scrape target
+COMMAND_GROUPS = {"budget", "topics"}  # `budget-worker GROUP COMMAND ...`
 
 # Metrics the dashboard must chart: what an operator looks at first.
 DASHBOARD_MUST_SHOW = {
@@ -392,7 +393,7 @@ def test_cli_commands_in_the_deploy_docs_exist_with_their_options() -> None:
     assert commands
     for command in sorted(commands):
         words = shlex.split(command)
-        path = words[:2] if words[0] == "budget" else words[:1]
+        path = words[:2] if words[0] in COMMAND_GROUPS else words[:1]
         options = cli_options(*path)
         for option in (w.split("=")[0] for w in words if w.startswith("--")):
             assert option in options, f"budget-worker {' '.join(path)} has no {option}"

@@ -1,4 +1,5 @@
-"""The console script ``budget-worker``: run, budget, submit, demo, fake-provider."""
+"""The console script ``budget-worker``: run, budget, topics, submit, dev, demo,
+fake-provider."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import typer
 from worker import logs
 from worker.budget_cli import app as budget_app
 from worker.dev.commands import demo_command, fake_provider_command
-from worker.errors import ConfigError
+from worker.errors import ConfigError, KafkaUnavailable
 from worker.settings import load_settings
 from worker.submit_cli import submit
+from worker.topics_cli import app as topics_app
 
 app = typer.Typer(
     name="budget-worker",
@@ -40,7 +42,10 @@ def run() -> None:
         code = asyncio.run(serve(settings, os.environ))
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise typer.Exit(2) from None
+    except KafkaUnavailable as exc:  # reached by check_kafka a moment before, then lost
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     raise typer.Exit(code)
 
 
@@ -49,7 +54,10 @@ app.command("fake-provider")(fake_provider_command)
 app.command("submit")(submit)
 
 
-app.add_typer(budget_app, name="budget", help="Create, show, list and reset budgets.")
+app.add_typer(
+    budget_app, name="budget", help="Create, change, show, list, reset and delete budgets."
+)
+app.add_typer(topics_app, name="topics", help="Create the worker's Kafka topics.")
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ from aiokafka.errors import KafkaError
 
 from schemas.events import TerminalEvent, parse_event
 from schemas.jobs import CompletionJob, JobLimits, parse_job
-from worker.connections import describe, kafka_options
+from worker.connections import describe, kafka_options, unreachable
 from worker.errors import ConfigError, KafkaUnavailable
 from worker.settings import Settings
 
@@ -77,13 +77,6 @@ _RECORD_OVERHEAD_BYTES = 64 * 1024
 class SubmitFailed(KafkaUnavailable):
     """The broker did not acknowledge the job. It may or may not have been written:
     submitting it again with the same ``job_id`` is safe (one charge, one outcome)."""
-
-
-def _unreachable(settings: Settings, exc: KafkaError) -> str:
-    return (
-        f"cannot reach {describe(settings)}: {type(exc).__name__}. Check BW_KAFKA_BOOTSTRAP "
-        "and that the broker is running"
-    )
 
 
 def limits_of(settings: Settings) -> JobLimits:
@@ -169,7 +162,7 @@ class JobClient:
             await producer.start()
         except KafkaError as exc:
             await producer.stop()
-            raise SubmitFailed(_unreachable(self.settings, exc)) from exc
+            raise SubmitFailed(str(unreachable(self.settings, exc))) from exc
         self._producer = producer
 
     async def stop(self) -> None:
@@ -279,7 +272,7 @@ class ResultWaiter:
             try:
                 await self._assign(consumer)
             except KafkaError as exc:
-                raise KafkaUnavailable(_unreachable(self.settings, exc)) from exc
+                raise unreachable(self.settings, exc) from exc
         except BaseException:
             await consumer.stop()
             raise
