@@ -439,8 +439,8 @@ def test_dockerfile_installs_the_project_from_pyproject_and_nothing_else() -> No
     assert installs, "the Dockerfile must pip install the project"
     for words in installs:
         targets = [w for w in words[words.index("install") + 1 :] if not w.startswith("-")]
-        assert targets in (["."], ["pip"]), f"unexpected install: {' '.join(words)}"
-    assert any(words[-1] == "." for words in installs)
+        assert targets in ([".[service]"], ["pip"]), f"unexpected install: {' '.join(words)}"
+    assert any(words[-1] == ".[service]" for words in installs), "the worker's extra"
     # Everything the install reads is copied, and the .dockerignore lets it through.
     copied = {
         Path(source).parts[0]
