@@ -184,5 +184,5 @@ def test_the_console_script_is_the_guarded_entry_point() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    for command in ("run", "topics", "budget", "submit"):
+    for command in ("run", "dev", "topics", "budget", "submit"):
         assert command in result.stdout

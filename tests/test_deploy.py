@@ -384,7 +384,7 @@ def test_the_model_lists_deployed_and_documented_load(tmp_path: Path) -> None:
 def test_cli_commands_in_the_deploy_docs_exist_with_their_options() -> None:
     """Every ``budget-worker ...`` (or ``bw ...``) line of a shell block in the docs."""
     commands = set()
-    for doc in (DEPLOY / "README.md", OPERATIONS):
+    for doc in (DEPLOY / "README.md", OPERATIONS, ROOT / "README.md"):
         for block in re.findall(r"```sh\n(.*?)```", doc.read_text(), re.S):
             for line in block.splitlines():
                 match = re.match(r"\s*(?:bw|\S*budget-worker)\s+([a-z].*)", line)

@@ -10,7 +10,7 @@ import typer
 
 from worker import logs
 from worker.budget_cli import app as budget_app
-from worker.dev.commands import demo_command, fake_provider_command
+from worker.dev.commands import demo_command, dev_command, fake_provider_command
 from worker.errors import ConfigError, KafkaUnavailable
 from worker.settings import load_settings
 from worker.submit_cli import submit
@@ -49,6 +49,7 @@ def run() -> None:
     raise typer.Exit(code)
 
 
+app.command("dev")(dev_command)
 app.command("demo")(demo_command)
 app.command("fake-provider")(fake_provider_command)
 app.command("submit")(submit)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from worker.errors import ConfigError
 
@@ -155,6 +155,23 @@ class Settings(BaseSettings):
         if not separator or scheme.lower() not in _REDIS_SCHEMES:
             raise ValueError(_REDIS_URL_FORM)
         return value
+
+
+class ExplicitSettings(Settings):
+    """Settings from the values given and the defaults only: no ``BW_`` variable and no
+    ``.env`` file is read. For the development rigs, which set up a system of their own
+    (a local broker, no TLS) whatever the caller's shell holds for another one."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
 
 
 def load_settings(**overrides: Any) -> Settings:
