@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from tests.support import Topics, read_all, worker_env, workers, write_models_fi
 from worker.cli import app
 from worker.client import JobClient, ResultWaiter, SubmitFailed, SyncJobClient, build_job
 from worker.dev.servers import EmbeddedKafka, free_port
-from worker.errors import KafkaUnavailable
+from worker.errors import ConfigError, KafkaUnavailable
 from worker.ledger import Budget, Ledger
 from worker.settings import Settings
 
@@ -389,10 +390,26 @@ async def test_a_waiter_or_a_client_for_an_unreachable_broker_says_which_broker(
         await JobClient(settings).start()
 
 
+async def test_a_waiter_for_a_missing_topic_says_how_to_create_it(
+    kafka: EmbeddedKafka,
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    settings = Settings(
+        kafka_bootstrap=kafka.bootstrap,
+        results_topic=f"llm.results.{suffix}",
+        model_timeout_s=30,
+        lease_ms=60_000,
+    )
+    with pytest.raises(ConfigError, match="create it with `budget-worker topics create`"):
+        await ResultWaiter(settings).start()
+    with pytest.raises(ConfigError, match="reply_to topic is the producing service's own"):
+        await ResultWaiter(settings, topic=f"llm.results.{suffix}.mine").start()
+
+
 def test_the_sync_client_for_an_unreachable_broker_raises_and_leaves_nothing_open() -> None:
     result = run_python(
         "from worker.client import SyncJobClient\n"
-        "from worker.errors import KafkaUnavailable\n"
+        "from worker.errors import ConfigError, KafkaUnavailable\n"
         "from worker.settings import Settings\n"
         "try:\n"
         "    SyncJobClient(Settings())\n"

@@ -284,9 +284,14 @@ class ResultWaiter:
         await consumer.topics()  # fetches metadata for every topic
         partitions = consumer.partitions_for_topic(self.topic)
         if not partitions:
+            how = (
+                "create it with `budget-worker topics create`"
+                if self.topic == self.settings.results_topic
+                else "create it first (a reply_to topic is the producing service's own)"
+            )
             raise ConfigError(
                 f"the results topic {self.topic!r} does not exist on "
-                f"{describe(self.settings)}: create it with `budget-worker topics create`"
+                f"{describe(self.settings)}: {how}"
             )
         assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +23,7 @@ from schemas.events import CompletionSucceeded, TerminalEvent, encode_event
 from schemas.jobs import CompletionJob, JobError
 from worker.client import JobClient, ResultWaiter, build_job, limits_of
 from worker.errors import BudgetWorkerError, ConfigError
+from worker.logs import quiet_kafka_client
 from worker.settings import Settings, load_settings
 
 
@@ -72,9 +72,6 @@ def submit(
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    # aiokafka logs each failed connection attempt; the one line below says it all.
-    logging.getLogger("aiokafka").addHandler(logging.NullHandler())
-    logging.getLogger("aiokafka").propagate = False
     try:
         job = build_job(
             user,
@@ -89,7 +86,8 @@ def submit(
         typer.echo(f"error: invalid job: {exc}", err=True)
         raise typer.Exit(2) from exc
     try:
-        event = asyncio.run(_send(settings, job, wait, timeout))
+        with quiet_kafka_client():
+            event = asyncio.run(_send(settings, job, wait, timeout))
     except (BudgetWorkerError, TimeoutError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -9,13 +9,13 @@ message says why). Kafka settings come from the ``BW_`` environment, as for the 
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Annotated, NoReturn
 
 import typer
 
 from worker import topics
 from worker.errors import ConfigError, KafkaUnavailable
+from worker.logs import quiet_kafka_client
 from worker.settings import load_settings
 
 app = typer.Typer(
@@ -62,15 +62,13 @@ def create(
         settings = load_settings(**overrides)
     except ConfigError as exc:
         _fail(str(exc), 2)
-    # aiokafka logs each failed connection attempt; the one line below says it all.
-    logging.getLogger("aiokafka").addHandler(logging.NullHandler())
-    logging.getLogger("aiokafka").propagate = False
     try:
-        states = asyncio.run(
-            topics.create_topics(
-                settings, partitions=partitions, replication_factor=replication_factor
+        with quiet_kafka_client():
+            states = asyncio.run(
+                topics.create_topics(
+                    settings, partitions=partitions, replication_factor=replication_factor
+                )
             )
-        )
     except ConfigError as exc:
         _fail(str(exc), 2)
     except KafkaUnavailable as exc:
