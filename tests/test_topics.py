@@ -171,7 +171,10 @@ async def test_a_worker_refuses_to_start_without_its_topics_and_submit_works_aft
     env = worker_env(kafka, redis_url, write_models_file(tmp_path, fake_provider.url), names)
     refused = WorkerProcess(env, tmp_path / "refused.log", "w-refused")
     refused.start()
-    assert await refused.wait(timeout_s=60) == 2
+    try:
+        assert await refused.wait(timeout_s=60) == 2
+    finally:
+        refused.kill()  # a worker that did start must not outlive the test
     (error,) = refused.log().splitlines()
     assert error.startswith(f"error: Kafka at {kafka.bootstrap} ")
     assert f"'{names.jobs}' (BW_JOBS_TOPIC)" in error
