@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from typer.testing import CliRunner, Result
 
 from worker import ledger
 from worker.budget_cli import app, format_usd, parse_usd, rfc3339
+from worker.dev.servers import EmbeddedRedis
 
 
 @pytest.fixture
@@ -75,16 +77,83 @@ def test_set_takes_rate_limits_and_every_period(cli: Any, redis_url: str) -> Non
     result = cli("set", "u", "--limit-usd", "1", "--period", "rolling", "--window-s", "3600")
     assert result.exit_code == 0, result.output
     budget = on_ledger(redis_url, lambda book: book.get_budget("u"))
-    assert budget == ledger.Budget(10**9, "rolling", window_s=3600)
+    assert budget == ledger.Budget(10**9, "rolling", window_s=3600, rpm=60)  # rpm kept
 
 
-def test_set_replaces_limits_and_keeps_spend(cli: Any, redis_url: str) -> None:
-    cli("set", "u", "--limit-usd", "1", "--rpm", "5", "--tpm", "1000")
-    charge(redis_url, "u", "j1", 300_000, "gpt-4o-mini")
-    assert cli("set", "u", "--limit-usd", "2").exit_code == 0
-    state = on_ledger(redis_url, lambda book: book.state("u"))
-    assert state.budget == ledger.Budget(2 * 10**9, "daily")
+def test_set_changes_only_what_is_given_and_keeps_spend(cli: Any, redis_url: str) -> None:
+    cli("set", "alice", "--limit-usd", "5", "--period", "weekly", "--rpm", "60", "--tpm", "1000")
+    charge(redis_url, "alice", "j1", 300_000, "gpt-4o-mini")
+    result = cli("set", "alice", "--limit-usd", "10")
+    assert result.exit_code == 0, result.output
+    assert "$10 weekly, 60 rpm, 1000 tpm" in result.stdout
+    state = on_ledger(redis_url, lambda book: book.state("alice"))
+    assert state.budget == ledger.Budget(10 * 10**9, "weekly", rpm=60, tpm=1000)
     assert state.snapshot.spent_nanousd == 300_000
+    assert cli("set", "alice", "--rpm", "30").exit_code == 0
+    budget = on_ledger(redis_url, lambda book: book.get_budget("alice"))
+    assert budget == ledger.Budget(10 * 10**9, "weekly", rpm=30, tpm=1000)
+
+
+def test_no_rpm_and_no_tpm_remove_a_rate_limit(cli: Any, redis_url: str) -> None:
+    cli("set", "u", "--limit-usd", "1", "--rpm", "5", "--tpm", "1000")
+    result = cli("set", "u", "--no-rpm")
+    assert result.exit_code == 0, result.output
+    assert on_ledger(redis_url, lambda book: book.get_budget("u")) == ledger.Budget(
+        10**9, "daily", tpm=1000
+    )
+    assert cli("set", "u", "--no-tpm", "--rpm", "9").exit_code == 0
+    assert on_ledger(redis_url, lambda book: book.get_budget("u")) == ledger.Budget(
+        10**9, "daily", rpm=9
+    )
+
+
+def test_a_rolling_window_is_kept_with_its_period_and_dropped_with_it(
+    cli: Any, redis_url: str
+) -> None:
+    cli("set", "u", "--limit-usd", "1", "--period", "rolling", "--window-s", "3600")
+    assert cli("set", "u", "--limit-usd", "2").exit_code == 0
+    budget = on_ledger(redis_url, lambda book: book.get_budget("u"))
+    assert budget == ledger.Budget(2 * 10**9, "rolling", window_s=3600)
+    assert cli("set", "u", "--window-s", "60").exit_code == 0
+    budget = on_ledger(redis_url, lambda book: book.get_budget("u"))
+    assert budget == ledger.Budget(2 * 10**9, "rolling", window_s=60)
+    assert cli("set", "u", "--period", "monthly").exit_code == 0
+    budget = on_ledger(redis_url, lambda book: book.get_budget("u"))
+    assert budget == ledger.Budget(2 * 10**9, "monthly")
+    result = cli("set", "u", "--window-s", "60")
+    assert result.exit_code == 2
+    assert "rolling only, not monthly" in plain(result.stderr)
+
+
+def test_a_new_budget_needs_a_limit_and_takes_the_defaults(cli: Any, redis_url: str) -> None:
+    result = cli("set", "new", "--rpm", "5")
+    assert result.exit_code == 2
+    assert "'--limit-usd'" in result.stderr and "no budget yet" in plain(result.stderr)
+    assert on_ledger(redis_url, lambda book: book.get_budget("new")) is None
+    assert cli("set", "new", "--limit-usd", "3").exit_code == 0
+    assert on_ledger(redis_url, lambda book: book.get_budget("new")) == ledger.Budget(3 * 10**9)
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "says"),
+    [
+        (["--rpm", "5", "--no-rpm"], "--rpm", "cannot be given with --no-rpm"),
+        (["--tpm", "5", "--no-tpm"], "--tpm", "cannot be given with --no-tpm"),
+        (["--rpm", "0"], "--rpm", "--no-rpm removes it"),
+        (["--tpm", "0"], "--tpm", "--no-tpm removes it"),
+    ],
+)
+def test_contradicting_rate_options_exit_2_and_change_nothing(
+    cli: Any, redis_url: str, args: list[str], option: str, says: str
+) -> None:
+    cli("set", "u", "--limit-usd", "1", "--rpm", "7", "--tpm", "70")
+    result = cli("set", "u", *args)
+    assert result.exit_code == 2
+    assert f"'{option}'" in result.stderr
+    assert says in plain(result.stderr)
+    assert on_ledger(redis_url, lambda book: book.get_budget("u")) == ledger.Budget(
+        10**9, rpm=7, tpm=70
+    )
 
 
 @pytest.mark.parametrize(
@@ -229,6 +298,27 @@ def test_reset_of_an_unknown_user_exits_1(cli: Any) -> None:
     assert "'ghost' has no budget" in result.stderr
 
 
+# --- delete -------------------------------------------------------------------------------
+
+
+def test_delete_removes_the_budget_and_the_listing(cli: Any, redis_url: str) -> None:
+    cli("set", "alice", "--limit-usd", "1", "--rpm", "5")
+    cli("set", "bob", "--limit-usd", "2")
+    result = cli("delete", "alice")
+    assert result.exit_code == 0, result.output
+    assert "'alice' deleted" in result.stdout
+    assert on_ledger(redis_url, lambda book: book.get_budget("alice")) is None
+    listed = json.loads(cli("list", "--json").stdout)["users"]
+    assert [user["user_id"] for user in listed] == ["bob"]
+    assert cli("show", "alice").exit_code == 1
+
+
+def test_delete_of_an_unknown_user_exits_1(cli: Any) -> None:
+    result = cli("delete", "ghost")
+    assert result.exit_code == 1
+    assert "'ghost' has no budget" in result.stderr
+
+
 # --- connection ---------------------------------------------------------------------------
 
 
@@ -245,6 +335,45 @@ def test_unreachable_redis_exits_1_with_a_message() -> None:
     result = CliRunner().invoke(app, ["show", "u", "--redis-url", "redis://127.0.0.1:1/0"])
     assert result.exit_code == 1
     assert "Redis unavailable" in result.stderr
+
+
+def test_a_refused_password_exits_2_saying_so_without_echoing_it(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path, extra_args=["--requirepass", "right-pw-71c2"])
+    server.start()
+    try:
+        url = f"redis://:wrong-pw-38ab@127.0.0.1:{server.port}/0"
+        for args in (["show", "u"], ["set", "u", "--limit-usd", "1"], ["list"]):
+            result = CliRunner().invoke(app, [*args, "--redis-url", url])
+            assert result.exit_code == 2, result.output
+            assert "refused" in result.stderr and "credentials" in result.stderr
+            assert "unavailable" not in result.stderr
+            assert "wrong-pw" not in result.output and "right-pw" not in result.output
+            assert result.stderr.count("\n") == 1
+        good = f"redis://:right-pw-71c2@127.0.0.1:{server.port}/0"
+        assert (
+            CliRunner().invoke(app, ["set", "u", "--limit-usd", "1", "--redis-url", good]).exit_code
+            == 0
+        )
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("url", ["http://x", "localhost:6380"])
+def test_a_redis_url_of_the_wrong_form_exits_2_with_one_line(url: str) -> None:
+    result = CliRunner().invoke(app, ["list", "--redis-url", url])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: invalid settings: --redis-url: must be a URL like "
+        "redis://[[user]:password@]host:6379/0 (rediss:// for TLS, "
+        "unix:///path/to/redis.sock for a socket)\n"
+    )
+
+
+def test_a_bad_bw_redis_url_is_named_as_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BW_REDIS_URL", "localhost:6380")
+    result = CliRunner().invoke(app, ["show", "u"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: invalid settings: BW_REDIS_URL: must be a URL")
 
 
 def test_rfc3339() -> None:

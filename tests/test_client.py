@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -19,8 +23,9 @@ from schemas.events import CompletionSucceeded, Usage, encode_event
 from schemas.jobs import CompletionJob, InvalidJob, UndecodableJob, parse_job
 from tests.support import Topics, read_all, worker_env, workers, write_models_file
 from worker.cli import app
-from worker.client import JobClient, ResultWaiter, SyncJobClient, build_job
-from worker.dev.servers import EmbeddedKafka
+from worker.client import JobClient, ResultWaiter, SubmitFailed, SyncJobClient, build_job
+from worker.dev.servers import EmbeddedKafka, free_port
+from worker.errors import ConfigError, KafkaUnavailable
 from worker.ledger import Budget, Ledger
 from worker.settings import Settings
 
@@ -275,6 +280,59 @@ def test_submit_command_refuses_an_invalid_job_naming_the_field() -> None:
     assert "max_tokens" in result.output
 
 
+@pytest.mark.parametrize("source", ["file", "stdin"])
+async def test_submit_command_takes_a_prompt_too_long_for_an_argument(
+    kafka: EmbeddedKafka, topics: Topics, tmp_path: Path, source: str
+) -> None:
+    # 300 KiB: over Linux's 128 KiB limit for one argument, under BW_MAX_PROMPT_CHARS.
+    prompt = ("Grüße, ünïcode and a line break\n" * 10_000)[:300_000]
+    path = tmp_path / "prompt.txt"
+    path.write_bytes(prompt.encode("utf-8"))
+    args = ["submit", "--user", "lee", "--model", "gpt-4o-mini", "--max-tokens", "8"]
+    args += ["--prompt-file", str(path) if source == "file" else "-"]
+    env = {
+        **os.environ,
+        "BW_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "BW_JOBS_TOPIC": topics.jobs,
+        "BW_RESULTS_TOPIC": topics.results,
+    }
+    with path.open("rb") as stdin:
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "worker.cli", *args],
+            stdin=stdin if source == "stdin" else subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    [record] = await jobs_on(kafka, topics.jobs, 1)
+    job = parse_job(record.value)
+    assert job.job_id == result.stdout.decode().strip()
+    assert job.messages[-1].content == prompt
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        ([], "exactly one of --prompt and --prompt-file"),
+        (["--prompt", "hi", "--prompt-file", "-"], "exactly one of --prompt and --prompt-file"),
+        (["--prompt-file", "/nonexistent/prompt.txt"], "cannot read /nonexistent/prompt.txt"),
+        (["--prompt-file", "-"], "standard input is not UTF-8 text (byte 1)"),
+    ],
+)
+def test_submit_command_refuses_a_prompt_it_cannot_take(args: list[str], says: str) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["submit", "--user", "mo", "--model", "m", *args],
+        input=b"h\xffi",
+        env={"BW_KAFKA_BOOTSTRAP": "127.0.0.1:9"},
+    )
+    assert result.exit_code == 2
+    assert says in " ".join(result.stderr.translate({ord(c): " " for c in "│╭╮╰╯─"}).split())
+
+
 @pytest.mark.timeout(90)
 async def test_a_real_worker_answers_a_submitted_job(
     kafka: EmbeddedKafka, redis_url: str, fake_provider: Any, tmp_path: Path
@@ -301,3 +359,83 @@ async def test_a_real_worker_answers_a_submitted_job(
         assert {e.type for e in events} == {"completion.succeeded", "completion.rejected"}
     finally:
         await ledger.close()
+
+
+# --- an unreachable broker ------------------------------------------------------------------
+
+
+def nowhere() -> str:
+    """A loopback address nothing listens on."""
+    return f"127.0.0.1:{free_port()}"
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+        check=False,
+    )
+
+
+async def test_a_waiter_or_a_client_for_an_unreachable_broker_says_which_broker() -> None:
+    bootstrap = nowhere()
+    settings = Settings(kafka_bootstrap=bootstrap, model_timeout_s=30, lease_ms=60_000)
+    with pytest.raises(KafkaUnavailable, match=f"cannot reach Kafka at {bootstrap} ") as caught:
+        await ResultWaiter(settings).start()
+    assert caught.value.retryable
+    with pytest.raises(SubmitFailed, match=f"cannot reach Kafka at {bootstrap} "):
+        await JobClient(settings).start()
+
+
+async def test_a_waiter_for_a_missing_topic_says_how_to_create_it(
+    kafka: EmbeddedKafka,
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    settings = Settings(
+        kafka_bootstrap=kafka.bootstrap,
+        results_topic=f"llm.results.{suffix}",
+        model_timeout_s=30,
+        lease_ms=60_000,
+    )
+    with pytest.raises(ConfigError, match="create it with `budget-worker topics create`"):
+        await ResultWaiter(settings).start()
+    with pytest.raises(ConfigError, match="reply_to topic is the producing service's own"):
+        await ResultWaiter(settings, topic=f"llm.results.{suffix}.mine").start()
+
+
+def test_the_sync_client_for_an_unreachable_broker_raises_and_leaves_nothing_open() -> None:
+    result = run_python(
+        "from worker.client import SyncJobClient\n"
+        "from worker.errors import ConfigError, KafkaUnavailable\n"
+        "from worker.settings import Settings\n"
+        "try:\n"
+        "    SyncJobClient(Settings())\n"
+        "except KafkaUnavailable as exc:\n"
+        "    print(exc)\n"
+        "import gc; gc.collect()\n",
+        BW_KAFKA_BOOTSTRAP=(bootstrap := nowhere()),
+    )
+    assert result.stdout.startswith(f"cannot reach Kafka at {bootstrap} "), result
+    # aiokafka logs its attempts (the caller's logging decides where); nothing unclosed.
+    assert "Unclosed" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("wait", [True, False], ids=["wait", "no-wait"])
+def test_submit_command_with_an_unreachable_broker_prints_one_line(wait: bool) -> None:
+    bootstrap = nowhere()
+    args = ["submit", "--user", "kim", "--model", "gpt-4o-mini", "--prompt", "Hi"]
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args, *(["--wait"] if wait else [])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "BW_KAFKA_BOOTSTRAP": bootstrap},
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"error: cannot reach Kafka at {bootstrap} "), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr

@@ -48,6 +48,7 @@ PROMQL_WORDS = {
     "bool", "offset", "inf", "nan",
 }  # fmt: skip
 NON_WORKER_METRICS = {"up"}  # Prometheus' own, per scrape target
+COMMAND_GROUPS = {"budget", "topics"}  # `budget-worker GROUP COMMAND ...`
 
 # Metrics the dashboard must chart: what an operator looks at first.
 DASHBOARD_MUST_SHOW = {
@@ -56,7 +57,7 @@ DASHBOARD_MUST_SHOW = {
     "bw_reserve_seconds_bucket",
     "bw_settle_seconds_bucket",
     "bw_model_call_seconds_bucket",
-    "bw_spend_nanousd_total",
+    "bw_spend_usd_total",
     "bw_consumer_lag",
     "bw_redis_up",
     "bw_dlq_records_total",
@@ -383,7 +384,7 @@ def test_the_model_lists_deployed_and_documented_load(tmp_path: Path) -> None:
 def test_cli_commands_in_the_deploy_docs_exist_with_their_options() -> None:
     """Every ``budget-worker ...`` (or ``bw ...``) line of a shell block in the docs."""
     commands = set()
-    for doc in (DEPLOY / "README.md", OPERATIONS):
+    for doc in (DEPLOY / "README.md", OPERATIONS, ROOT / "README.md"):
         for block in re.findall(r"```sh\n(.*?)```", doc.read_text(), re.S):
             for line in block.splitlines():
                 match = re.match(r"\s*(?:bw|\S*budget-worker)\s+([a-z].*)", line)
@@ -392,7 +393,7 @@ def test_cli_commands_in_the_deploy_docs_exist_with_their_options() -> None:
     assert commands
     for command in sorted(commands):
         words = shlex.split(command)
-        path = words[:2] if words[0] == "budget" else words[:1]
+        path = words[:2] if words[0] in COMMAND_GROUPS else words[:1]
         options = cli_options(*path)
         for option in (w.split("=")[0] for w in words if w.startswith("--")):
             assert option in options, f"budget-worker {' '.join(path)} has no {option}"
@@ -438,8 +439,8 @@ def test_dockerfile_installs_the_project_from_pyproject_and_nothing_else() -> No
     assert installs, "the Dockerfile must pip install the project"
     for words in installs:
         targets = [w for w in words[words.index("install") + 1 :] if not w.startswith("-")]
-        assert targets in (["."], ["pip"]), f"unexpected install: {' '.join(words)}"
-    assert any(words[-1] == "." for words in installs)
+        assert targets in ([".[service]"], ["pip"]), f"unexpected install: {' '.join(words)}"
+    assert any(words[-1] == ".[service]" for words in installs), "the worker's extra"
     # Everything the install reads is copied, and the .dockerignore lets it through.
     copied = {
         Path(source).parts[0]

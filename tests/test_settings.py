@@ -49,3 +49,61 @@ def test_a_bad_value_is_named_but_never_echoed(monkeypatch: pytest.MonkeyPatch) 
         load_settings()
     assert "BW_MAX_IN_FLIGHT" in str(caught.value)
     assert "sk-live" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["localhost:6380", "alice:s3cret@localhost:6380/0", "http://x", "redis:/localhost", ""],
+)
+def test_a_redis_url_without_a_redis_scheme_is_refused_showing_the_form(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("BW_REDIS_URL", url)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "BW_REDIS_URL: " in message
+    assert "redis://" in message and "rediss://" in message and "unix://" in message
+    assert "s3cret" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost:6379/0",
+        "rediss://user:pw@redis.example:6380/1",
+        "unix:///run/redis/redis.sock",
+        "REDIS://localhost",
+    ],
+)
+def test_redis_urls_of_every_supported_scheme_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("BW_REDIS_URL", url)
+    assert load_settings().redis_url == url
+
+
+def test_messages_carry_no_pydantic_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BW_KAFKA_BOOTSTRAP", "  ")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        "invalid settings: BW_KAFKA_BOOTSTRAP: must name at least one host:port"
+    )
+    monkeypatch.delenv("BW_KAFKA_BOOTSTRAP")
+    monkeypatch.setenv("BW_LEASE_MS", "500")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        "invalid settings: BW_LEASE_MS: Input should be greater than or equal to 3000"
+    )
+
+
+def test_an_override_is_named_as_its_command_line_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BW_MAX_IN_FLIGHT", "nope")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(redis_url="http://x")
+    message = str(caught.value)
+    assert "--redis-url: must be a URL like redis://" in message
+    assert "BW_MAX_IN_FLIGHT: " in message
+    assert "BW_REDIS_URL" not in message

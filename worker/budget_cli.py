@@ -1,10 +1,12 @@
-"""``budget-worker budget ...``: create, show, list and reset users' budgets.
+"""``budget-worker budget ...``: create, change, show, list, reset and delete budgets.
 
 Amounts are typed in USD as decimal text and stored as exact integers of nano-USD
 (``0.0002`` is 200,000 nano-USD); an amount finer than one nano-USD is refused rather
-than rounded, so what an operator types is what the ledger enforces. Exit codes: 0 done,
-1 the user has no budget or Redis could not be reached, 2 a bad option (the message
-names it).
+than rounded, so what an operator types is what the ledger enforces. ``set`` changes
+only what it is given: an operator raising a limit must not silently lose the user's
+rate limits or period. Exit codes: 0 done, 1 the user has no budget or Redis could not
+be reached, 2 a bad option or settings, or credentials Redis refused (the message
+names which).
 
 Each command is synchronous to the shell and runs its ledger calls with
 ``asyncio.run``; the Redis URL comes from ``--redis-url``, else ``BW_REDIS_URL``.
@@ -21,19 +23,18 @@ from enum import StrEnum
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from worker import ledger
-from worker.errors import LedgerError, LedgerUnavailable
-from worker.settings import Settings
+from worker.errors import ConfigError, LedgerError, LedgerUnavailable
+from worker.settings import load_settings
 
 T = TypeVar("T")
 
 app = typer.Typer(
-    help="Create, show, list and reset users' budgets.",
+    help="Create, change, show, list, reset and delete users' budgets.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -103,11 +104,12 @@ UserArg = Annotated[str, typer.Argument(help="The user id, as jobs carry it.", s
 
 
 def _ledger_call(redis_url: str | None, call: Callable[[ledger.Ledger], Awaitable[T]]) -> T:
-    """Run ``call`` against a ledger for the configured Redis; exit 1 when unreachable."""
+    """Run ``call`` against a ledger for the configured Redis. Exit 2 on bad settings or
+    credentials Redis refuses (retrying cannot help), 1 when Redis is unreachable."""
     try:
-        settings = Settings() if redis_url is None else Settings(redis_url=redis_url)
-    except ValidationError as exc:
-        _fail(f"invalid settings: {exc}", code=2)
+        settings = load_settings() if redis_url is None else load_settings(redis_url=redis_url)
+    except ConfigError as exc:
+        _fail(str(exc), code=2)
 
     async def main() -> T:
         book = ledger.Ledger.from_url(
@@ -117,12 +119,16 @@ def _ledger_call(redis_url: str | None, call: Callable[[ledger.Ledger], Awaitabl
             timeout_s=settings.redis_timeout_s,
         )
         try:
+            # A wrong password is told apart from an outage here, as the worker does.
+            await book.check_access()
             return await call(book)
         finally:
             await book.close()
 
     try:
         return asyncio.run(main())
+    except ConfigError as exc:
+        _fail(str(exc), code=2)
     except (LedgerUnavailable, LedgerError) as exc:
         _fail(str(exc))
 
@@ -139,26 +145,113 @@ def _no_budget(user: str) -> NoReturn:
 # --- commands ---------------------------------------------------------------------------
 
 
+def _rate_parser(remove: str) -> Callable[[str], int]:
+    """An RPM/TPM limit: a whole number >= 1. Zero is refused rather than read as "no
+    limit" (or as "block everything"); removing a limit is said with ``remove``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise typer.BadParameter(f"{text!r} is not a whole number") from None
+        if value < 1:
+            raise typer.BadParameter(f"{value} is not a limit (at least 1); {remove} removes it")
+        if value > ledger.MAX_RATE:
+            raise typer.BadParameter(f"{value} is over the largest limit, {ledger.MAX_RATE}")
+        return value
+
+    return parse
+
+
+def _refuse_contradictions(
+    period: ledger.Period | None,
+    window_s: int | None,
+    rpm: int | None,
+    tpm: int | None,
+    *,
+    no_rpm: bool,
+    no_tpm: bool,
+) -> None:
+    """Options that contradict each other whatever the current budget is."""
+    if rpm is not None and no_rpm:
+        raise typer.BadParameter("cannot be given with --no-rpm", param_hint="'--rpm'")
+    if tpm is not None and no_tpm:
+        raise typer.BadParameter("cannot be given with --no-tpm", param_hint="'--tpm'")
+    if period is not None and period != "rolling" and window_s is not None:
+        raise typer.BadParameter(
+            f"applies to --period rolling only, not {period}", param_hint="'--window-s'"
+        )
+
+
+def merge_budget(
+    current: ledger.Budget | None,
+    *,
+    limit_nanousd: int | None = None,
+    period: ledger.Period | None = None,
+    window_s: int | None = None,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    no_rpm: bool = False,
+    no_tpm: bool = False,
+) -> ledger.Budget:
+    """The budget ``budget set`` writes: ``current`` with only what was given changed.
+
+    A new budget (``current`` is None) needs a limit and takes the defaults: period
+    daily, no rate limits. An existing one keeps every limit not named; ``no_rpm`` /
+    ``no_tpm`` remove a rate limit. A rolling window is kept while the period stays
+    rolling and dropped when it changes. Raises ``typer.BadParameter`` naming the
+    option."""
+    _refuse_contradictions(period, window_s, rpm, tpm, no_rpm=no_rpm, no_tpm=no_tpm)
+    if current is None:
+        if limit_nanousd is None:
+            raise typer.BadParameter(
+                "is required for a user who has no budget yet", param_hint="'--limit-usd'"
+            )
+        current = ledger.Budget(limit_nanousd=limit_nanousd)
+    new_period = period or current.period
+    if window_s is not None and new_period != "rolling":
+        raise typer.BadParameter(
+            f"applies to --period rolling only, not {new_period}", param_hint="'--window-s'"
+        )
+    if window_s is None and new_period == "rolling":
+        window_s = current.window_s  # None unless the budget was rolling already
+        if window_s is None:
+            raise typer.BadParameter(
+                "must be given with --period rolling", param_hint="'--window-s'"
+            )
+    return ledger.Budget(
+        limit_nanousd=current.limit_nanousd if limit_nanousd is None else limit_nanousd,
+        period=new_period,
+        window_s=window_s,
+        rpm=None if no_rpm else (current.rpm if rpm is None else rpm),
+        tpm=None if no_tpm else (current.tpm if tpm is None else tpm),
+    )
+
+
 @app.command("set")
 def set_budget(
     user: UserArg,
     limit_usd: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--limit-usd",
             parser=parse_usd,
             metavar="USD",
-            help="The spend cap per period, in USD (e.g. 0.0002).",
+            help="The spend cap per period, in USD (e.g. 0.0002). Required for a new budget.",
             show_default=False,
         ),
-    ],
+    ] = None,
     period: Annotated[
-        PeriodChoice,
+        PeriodChoice | None,
         typer.Option(
             "--period",
-            help="Calendar period in UTC, a rolling window (--window-s), or none (no reset).",
+            help=(
+                "Calendar period in UTC, a rolling window (--window-s), or none (no reset). "
+                "New budgets: daily; an existing budget keeps its own."
+            ),
+            show_default=False,
         ),
-    ] = PeriodChoice.daily,
+    ] = None,
     window_s: Annotated[
         int | None,
         typer.Option(
@@ -167,34 +260,64 @@ def set_budget(
     ] = None,
     rpm: Annotated[
         int | None,
-        typer.Option("--rpm", min=1, max=ledger.MAX_RATE, help="Requests per minute."),
+        typer.Option(
+            "--rpm",
+            parser=_rate_parser("--no-rpm"),
+            metavar="N",
+            help="Requests per minute (at least 1).",
+            show_default=False,
+        ),
     ] = None,
     tpm: Annotated[
         int | None,
-        typer.Option("--tpm", min=1, max=ledger.MAX_RATE, help="Tokens per minute."),
+        typer.Option(
+            "--tpm",
+            parser=_rate_parser("--no-tpm"),
+            metavar="N",
+            help="Tokens per minute (at least 1).",
+            show_default=False,
+        ),
     ] = None,
+    no_rpm: Annotated[
+        bool, typer.Option("--no-rpm", help="Remove the requests-per-minute limit.")
+    ] = False,
+    no_tpm: Annotated[
+        bool, typer.Option("--no-tpm", help="Remove the tokens-per-minute limit.")
+    ] = False,
     redis_url: RedisUrl = None,
 ) -> None:
-    """Create or change USER's budget.
+    """Create USER's budget, or change what is given of it.
 
-    Limits not given are removed; what USER spent in the current period is kept.
+    A new budget needs --limit-usd and is daily with no rate limits unless told
+    otherwise. An existing budget keeps every limit not named here (--rpm 60 alone
+    changes only the rpm); --no-rpm and --no-tpm remove a rate limit. What USER spent
+    in the current period is kept.
     """
-    if period is PeriodChoice.rolling and window_s is None:
-        raise typer.BadParameter("must be given with --period rolling", param_hint="'--window-s'")
-    if period is not PeriodChoice.rolling and window_s is not None:
-        raise typer.BadParameter(
-            f"applies to --period rolling only, not {period.value}", param_hint="'--window-s'"
+    period_: ledger.Period | None = None if period is None else period.value
+    # Refused before Redis is reached: wrong whatever the current budget is.
+    _refuse_contradictions(period_, window_s, rpm, tpm, no_rpm=no_rpm, no_tpm=no_tpm)
+
+    async def run(book: ledger.Ledger) -> ledger.Budget:
+        # Read, then write: two operators changing one user at the same instant may
+        # lose one change (the last write wins); the ledger's own steps stay atomic.
+        budget = merge_budget(
+            await book.get_budget(user),
+            limit_nanousd=limit_usd,
+            period=period_,
+            window_s=window_s,
+            rpm=rpm,
+            tpm=tpm,
+            no_rpm=no_rpm,
+            no_tpm=no_tpm,
         )
-    budget = ledger.Budget(
-        limit_nanousd=limit_usd, period=period.value, window_s=window_s, rpm=rpm, tpm=tpm
-    )
-
-    async def run(book: ledger.Ledger) -> None:
         await book.set_budget(user, budget)
+        return budget
 
-    _ledger_call(redis_url, run)
-    per = f"per {window_s} s window" if window_s is not None else period.value
-    typer.echo(f"budget of {user!r} set: {format_usd(limit_usd)} {per}" + _rates(budget))
+    budget = _ledger_call(redis_url, run)
+    typer.echo(
+        f"budget of {user!r} set: {format_usd(budget.limit_nanousd)} {_period_words(budget)}"
+        + _rates(budget)
+    )
 
 
 @app.command("show")
@@ -248,6 +371,18 @@ def reset(user: UserArg, redis_url: RedisUrl = None) -> None:
     typer.echo(f"spend of {user!r} in the current period reset to $0")
 
 
+@app.command("delete")
+def delete(user: UserArg, redis_url: RedisUrl = None) -> None:
+    """Remove USER's budget and rate limits.
+
+    USER's next jobs are refused no_budget (or get BW_DEFAULT_BUDGET_USD where it is
+    set); the current period's spend and reservations in flight expire on their own.
+    """
+    if not _ledger_call(redis_url, lambda book: book.delete(user)):
+        _no_budget(user)
+    typer.echo(f"budget of {user!r} deleted")
+
+
 # --- output -----------------------------------------------------------------------------
 
 
@@ -267,6 +402,10 @@ def state_json(state: ledger.BudgetState) -> dict[str, Any]:
         "rpm": budget.rpm,
         "tpm": budget.tpm,
     }
+
+
+def _period_words(budget: ledger.Budget) -> str:
+    return f"per {budget.window_s} s window" if budget.period == "rolling" else budget.period
 
 
 def _period(budget: ledger.Budget) -> str:

@@ -1,4 +1,5 @@
-"""The console script ``budget-worker``: run, budget, submit, demo, fake-provider."""
+"""The console script ``budget-worker``: run, budget, topics, submit, dev, demo,
+fake-provider."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import typer
 
 from worker import logs
 from worker.budget_cli import app as budget_app
-from worker.dev.commands import demo_command, fake_provider_command
-from worker.errors import ConfigError
+from worker.dev.commands import demo_command, dev_command, fake_provider_command
+from worker.errors import ConfigError, KafkaUnavailable
 from worker.settings import load_settings
 from worker.submit_cli import submit
+from worker.topics_cli import app as topics_app
 
 app = typer.Typer(
     name="budget-worker",
@@ -26,10 +28,12 @@ app = typer.Typer(
 @app.command()
 def run() -> None:
     """Run one worker process: consume jobs, enforce budgets, call models, publish."""
+    from worker.metrics import check_port
     from worker.service import serve
 
     try:
         settings = load_settings()
+        check_port(settings.metrics_host, settings.metrics_port)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -38,16 +42,23 @@ def run() -> None:
         code = asyncio.run(serve(settings, os.environ))
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise typer.Exit(2) from None
+    except KafkaUnavailable as exc:  # reached by check_kafka a moment before, then lost
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     raise typer.Exit(code)
 
 
+app.command("dev")(dev_command)
 app.command("demo")(demo_command)
 app.command("fake-provider")(fake_provider_command)
 app.command("submit")(submit)
 
 
-app.add_typer(budget_app, name="budget", help="Create, show, list and reset budgets.")
+app.add_typer(
+    budget_app, name="budget", help="Create, change, show, list, reset and delete budgets."
+)
+app.add_typer(topics_app, name="topics", help="Create the worker's Kafka topics.")
 
 
 def main() -> None:

@@ -12,7 +12,10 @@
   loop of its own in a background thread.
 
 Every Kafka client here takes its bootstrap, TLS and SASL options from
-``worker.connections.kafka_options``, as the worker's own clients do.
+``worker.connections.kafka_options``, as the worker's own clients do. This module is a
+Kafka boundary: a broker that cannot be reached is :class:`KafkaUnavailable` (naming
+the bootstrap), whichever client found out, and a client that failed to start is
+closed before the error leaves.
 
 **Where a waiter starts reading.** A waiter is *assigned* every partition of the
 results topic; it is not a consumer group member. Each waiter therefore sees every
@@ -48,12 +51,13 @@ from aiokafka.errors import KafkaError
 
 from schemas.events import TerminalEvent, parse_event
 from schemas.jobs import CompletionJob, JobLimits, parse_job
-from worker.connections import kafka_options
-from worker.errors import BudgetWorkerError, ConfigError
+from worker.connections import describe, kafka_options, unreachable
+from worker.errors import ConfigError, KafkaUnavailable
 from worker.settings import Settings
 
 __all__ = [
     "JobClient",
+    "KafkaUnavailable",
     "ResultWaiter",
     "SubmitFailed",
     "SyncJobClient",
@@ -70,11 +74,9 @@ StartAt = Literal["end", "beginning"]
 _RECORD_OVERHEAD_BYTES = 64 * 1024
 
 
-class SubmitFailed(BudgetWorkerError):
+class SubmitFailed(KafkaUnavailable):
     """The broker did not acknowledge the job. It may or may not have been written:
     submitting it again with the same ``job_id`` is safe (one charge, one outcome)."""
-
-    retryable = True
 
 
 def limits_of(settings: Settings) -> JobLimits:
@@ -152,14 +154,15 @@ class JobClient:
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
-        """Connect to the broker; raises :class:`SubmitFailed` when it cannot be reached.
-        (The Kafka client is built here, inside the event loop that will use it.)"""
+        """Connect to the broker; raises :class:`SubmitFailed` (a
+        :class:`KafkaUnavailable`) naming the bootstrap when it cannot be reached. (The
+        Kafka client is built here, inside the event loop that will use it.)"""
         producer = AIOKafkaProducer(**self._options)
         try:
             await producer.start()
         except KafkaError as exc:
             await producer.stop()
-            raise SubmitFailed(f"cannot reach the Kafka broker: {type(exc).__name__}") from exc
+            raise SubmitFailed(str(unreachable(self.settings, exc))) from exc
         self._producer = producer
 
     async def stop(self) -> None:
@@ -235,6 +238,7 @@ class ResultWaiter:
     ) -> None:
         if remember < 1:
             raise ValueError("remember must be >= 1")
+        self.settings = settings
         self.topic = topic or settings.results_topic
         self.start_at = start_at
         self.stats = WaiterStats()
@@ -260,29 +264,45 @@ class ResultWaiter:
 
     async def start(self) -> None:
         """Assign every partition and fix the start positions; returns once an event
-        published from now on is sure to be read."""
+        published from now on is sure to be read. Raises :class:`KafkaUnavailable`
+        naming the bootstrap when the broker cannot be reached, ``ConfigError`` when the
+        topic does not exist; the consumer is closed either way."""
         consumer = AIOKafkaConsumer(**self._options)
-        await consumer.start()
         try:
-            await consumer.topics()  # fetches metadata for every topic
-            partitions = consumer.partitions_for_topic(self.topic)
-            if not partitions:
-                raise ConfigError(f"the results topic {self.topic!r} does not exist")
-            assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-            consumer.assign(assigned)
-            if self.start_at == "beginning":
-                await consumer.seek_to_beginning(*assigned)
-            else:
-                await consumer.seek_to_end(*assigned)
-            for tp in assigned:
-                # Resolves the seek now; a lazy seek would start wherever the end is
-                # at the first fetch, after events that were already published.
-                await consumer.position(tp)
+            try:
+                await self._assign(consumer)
+            except KafkaError as exc:
+                raise unreachable(self.settings, exc) from exc
         except BaseException:
             await consumer.stop()
             raise
         self._consumer = consumer
         self._reader = asyncio.create_task(self._read(consumer), name=f"waiter:{self.topic}")
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> None:
+        await consumer.start()
+        await consumer.topics()  # fetches metadata for every topic
+        partitions = consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            how = (
+                "create it with `budget-worker topics create`"
+                if self.topic == self.settings.results_topic
+                else "create it first (a reply_to topic is the producing service's own)"
+            )
+            raise ConfigError(
+                f"the results topic {self.topic!r} does not exist on "
+                f"{describe(self.settings)}: {how}"
+            )
+        assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        if self.start_at == "beginning":
+            await consumer.seek_to_beginning(*assigned)
+        else:
+            await consumer.seek_to_end(*assigned)
+        for tp in assigned:
+            # Resolves the seek now; a lazy seek would start wherever the end is
+            # at the first fetch, after events that were already published.
+            await consumer.position(tp)
 
     async def stop(self) -> None:
         reader, self._reader = self._reader, None

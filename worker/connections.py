@@ -25,7 +25,7 @@ from typing import Any
 from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from worker.errors import ConfigError
+from worker.errors import ConfigError, KafkaUnavailable
 from worker.settings import Settings
 
 _TLS_PROTOCOLS = ("SSL", "SASL_SSL")
@@ -135,6 +135,15 @@ def describe(settings: Settings) -> str:
     if settings.kafka_security_protocol in _SASL_PROTOCOLS:
         text += f", SASL {settings.kafka_sasl_mechanism} as {settings.kafka_sasl_username!r}"
     return text + ")"
+
+
+def unreachable(settings: Settings, exc: KafkaError) -> KafkaUnavailable:
+    """The error of every client that could not reach the broker: which broker, how,
+    and what to check. (``check_kafka`` gives the worker each server's own reason.)"""
+    return KafkaUnavailable(
+        f"cannot reach {describe(settings)}: {type(exc).__name__}. Check BW_KAFKA_BOOTSTRAP "
+        "and that the broker is running"
+    )
 
 
 async def check_kafka(settings: Settings) -> None:

@@ -3,6 +3,8 @@ job) are return values; exceptions are for broken things.
 
     BudgetWorkerError            base; ``retryable`` says whether trying again may help
     +-- ConfigError              bad settings or model list (not retryable: fix and restart)
+    +-- KafkaUnavailable         the broker could not be reached (retryable)
+        +-- SubmitFailed         (worker.client) a job was not acknowledged
     +-- LedgerUnavailable        Redis unreachable or timed out (retryable)
     +-- LedgerError              a script answered something impossible (not retryable)
     +-- LeaseLost                a reservation's lease was lost or could not be renewed in
@@ -26,6 +28,13 @@ class BudgetWorkerError(Exception):
 
 class ConfigError(BudgetWorkerError):
     """The settings or the model list are wrong; the message says which and how."""
+
+
+class KafkaUnavailable(BudgetWorkerError):
+    """The Kafka broker could not be reached or did not answer; the message names the
+    bootstrap servers and protocol, so a wrong address reads as one."""
+
+    retryable = True
 
 
 class LedgerUnavailable(BudgetWorkerError):

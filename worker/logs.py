@@ -7,9 +7,11 @@ logger unless ``BW_DEBUG_LOG_PROMPTS`` is set, which logs a loud warning at star
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,3 +49,23 @@ def configure(level: str = "INFO", *, json_lines: bool = True) -> None:
     root.setLevel(level.upper())
     for noisy in ("aiokafka", "LiteLLM", "litellm", "httpx", "httpcore", "openai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def quiet_kafka_client() -> Iterator[None]:
+    """Keep aiokafka's own log lines out of a one-shot command's terminal.
+
+    aiokafka logs every failed connection attempt; a command that reports the failure
+    in one line of its own (``submit``, ``topics create``) would otherwise print each
+    attempt first, unformatted. Restored on exit, so a process that goes on (a test
+    runner) keeps its logging as it was."""
+    logger = logging.getLogger("aiokafka")
+    handler = logging.NullHandler()
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate

@@ -1,15 +1,25 @@
 """Prometheus metrics and the health server (``/metrics``, ``/healthz``, ``/readyz``).
 
 Metric names are part of what operators rely on (dashboards, alerts in ``deploy/``);
-renaming one is a breaking change.
+renaming one is a breaking change, so a new unit is a new metric beside the old one
+(``bw_spend_usd`` beside ``bw_spend_nanousd``). Every metric is listed, with its type,
+labels and meaning, in ``docs/operations.md``.
+
+The exposition leaves out the ``*_created`` series that prometheus_client adds to each
+counter and histogram: one more series per label set that no dashboard reads. They are
+dropped from this registry's output only (prometheus_client's own switch is global to
+the process, which may be a service embedding the client).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -25,8 +35,24 @@ from prometheus_client import (
     generate_latest,
 )
 
+from worker.errors import ConfigError
+
 _FAST_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _CALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+_NANOUSD_PER_USD = 1_000_000_000
+
+
+class _WithoutCreated:
+    """A view of a registry whose families carry no ``<name>_created`` samples."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Any]:
+        for family in self._registry.collect():
+            created = family.name + "_created"
+            family.samples = [s for s in family.samples if s.name != created]
+            yield family
 
 
 class Metrics:
@@ -69,9 +95,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # Both units: USD (Prometheus' convention is the base unit; dashboards chart it
+        # as is) and nano-USD, the ledger's exact integers, kept for reconciliation
+        # against events' cost_nanousd and for the dashboards already built on it.
         self.spend = Counter(
             "bw_spend_nanousd", "Nano-USD charged to budgets.", ["model"], registry=r
         )
+        self.spend_usd = Counter("bw_spend_usd", "USD charged to budgets.", ["model"], registry=r)
         self.redis_up = Gauge("bw_redis_up", "1 when the ledger answered last time.", registry=r)
         self.kafka_lag = Gauge(
             "bw_consumer_lag",
@@ -84,8 +114,13 @@ class Metrics:
         )
         self.redis_up.set(1)
 
+    def charged(self, model: str, nanousd: int) -> None:
+        """Count a charge of ``nanousd`` to a budget for ``model``, in both units."""
+        self.spend.labels(model).inc(nanousd)
+        self.spend_usd.labels(model).inc(nanousd / _NANOUSD_PER_USD)
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(_WithoutCreated(self.registry))
 
 
 class HealthServer:
@@ -99,6 +134,9 @@ class HealthServer:
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
+        """Listen on ``host:port`` (0: a free port, then in ``self.port``). A port that
+        cannot be bound is a ``ConfigError`` naming the setting: on one host, every
+        worker process needs a port of its own."""
         app = web.Application()
         app.router.add_get("/metrics", self._render_metrics)
         app.router.add_get("/healthz", self._healthz)
@@ -106,7 +144,11 @@ class HealthServer:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise _cannot_listen(host, port, exc) from None
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else port
@@ -127,6 +169,38 @@ class HealthServer:
     async def _readyz(self, _: web.Request) -> web.Response:
         ready = self._ready()
         return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise the ``ConfigError`` of :meth:`HealthServer.start` now if ``host:port``
+    cannot be bound (most often: another worker on this host holds it).
+
+    Called before the worker connects to anything, so that this common mistake stops
+    it at once, with one line, before Kafka and Redis clients exist. The socket is
+    bound as asyncio binds a server's (``SO_REUSEADDR``) and closed at once.
+    """
+    try:
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        for family, kind, proto, _, address in addresses:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+    except OSError as exc:
+        raise _cannot_listen(host, port, exc) from None
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> ConfigError:
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return ConfigError(
+        f"cannot listen on {host}:{port} for /metrics, /healthz and /readyz "
+        f"(BW_METRICS_HOST, BW_METRICS_PORT): {reason}. Give each worker process on one "
+        "host its own BW_METRICS_PORT, or BW_METRICS_PORT=0 to pick a free one (the "
+        "'worker started' log line names it)"
+    )
 
 
 async def wait_until_ready(

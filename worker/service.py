@@ -22,6 +22,7 @@ from worker.provider import Provider, cost_map_price
 from worker.publisher import KafkaPublisher
 from worker.settings import Settings
 from worker.spend import SpendPath
+from worker.topics import check_topics
 
 log = logging.getLogger("budget_worker")
 
@@ -42,6 +43,7 @@ async def serve(
     # A wrong address, protocol, certificate or password stops the worker here, with
     # the reason, rather than leaving the Kafka client retrying in the dark.
     await check_kafka(settings)
+    await check_topics(settings)
     metrics = Metrics()
     ledger_ = ledger.Ledger.from_settings(settings)
     await _check_ledger(ledger_)

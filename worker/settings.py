@@ -3,6 +3,9 @@
 Settings are built once at start-up (``Settings()``) and passed down; no other module
 reads ``os.environ``. A ``.env`` file in the working directory is read too; real
 environment variables win over it, and CLI flags win over both.
+
+Every refusal is worded here, once (:func:`load_settings`): the variable (or the
+flag) and the rule, never the value, which may be a password.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ import os
 import socket
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from worker.errors import ConfigError
 
@@ -22,6 +26,13 @@ BudgetPeriod = Literal["daily", "weekly", "monthly", "yearly", "none"]
 AdmissionPolicy = Literal["reject", "clamp"]
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+# What redis-py's from_url understands; anything else fails deep inside it.
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_REDIS_URL_FORM = (
+    "must be a URL like redis://[[user]:password@]host:6379/0 (rediss:// for TLS, "
+    "unix:///path/to/redis.sock for a socket)"
+)
 
 
 def _default_worker_id() -> str:
@@ -140,16 +151,57 @@ class Settings(BaseSettings):
             raise ValueError("must name at least one host:port")
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_has_a_redis_scheme(cls, value: str) -> str:
+        # Refused here so that "localhost:6380" is a settings error, not a traceback
+        # from redis-py when the first connection is built.
+        scheme, separator, _ = value.partition("://")
+        if not separator or scheme.lower() not in _REDIS_SCHEMES:
+            raise ValueError(_REDIS_URL_FORM)
+        return value
 
-def load_settings() -> Settings:
-    """Settings from the environment; a ``ConfigError`` that names each bad variable
-    and rule, and never echoes a value (it may be a password)."""
+
+class ExplicitSettings(Settings):
+    """Settings from the values given and the defaults only: no ``BW_`` variable and no
+    ``.env`` file is read. For the development rigs, which set up a system of their own
+    (a local broker, no TLS) whatever the caller's shell holds for another one."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with ``overrides`` (command-line flags: field
+    ``redis_url`` is the flag ``--redis-url``) winning over it.
+
+    Raises a ``ConfigError`` that names each bad variable (``BW_REDIS_URL``), or the
+    flag when the value came from one, with its rule; it never echoes a value (it may
+    be a password)."""
     try:
-        return Settings()
+        return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
-            (f"BW_{'_'.join(map(str, error['loc'])).upper()}: " if error["loc"] else "")
-            + error["msg"]
+            _problem(error, overrides.keys())
             for error in exc.errors(include_input=False, include_url=False)
         )
         raise ConfigError(f"invalid settings: {problems}") from None
+
+
+def _problem(error: ErrorDetails, flags: Any) -> str:
+    """One refusal as ``NAME: rule``, without pydantic's "Value error, " prefix, which
+    says nothing to the person who set the variable."""
+    message = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:
+        return message
+    field = "_".join(map(str, error["loc"]))
+    name = f"--{field.replace('_', '-')}" if field in flags else f"BW_{field.upper()}"
+    return f"{name}: {message}"

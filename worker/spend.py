@@ -331,7 +331,7 @@ class SpendPath:
         outcome = outcomes.succeeded(completion, charge)
         settled = await _shielded(self._settle(request, holder, charge, outcome))
         if settled.first:
-            self.metrics.spend.labels(entry.name).inc(settled.charged_nanousd)
+            self.metrics.charged(entry.name, settled.charged_nanousd)
         return Charged(completion, charge, settled, admitted.estimate, model_ms)
 
     def _call_ended(self, entry: ModelEntry, started: float) -> float:

@@ -1,6 +1,9 @@
 """``budget-worker submit``: put one job on the jobs topic, optionally wait for its event.
 
-Prints the job id; with ``--wait``, then the job's terminal event as JSON. Exit codes:
+The prompt is ``--prompt TEXT`` or, for text too long for one argument (Linux allows
+128 KiB), ``--prompt-file PATH`` (``-`` reads standard input), taken byte for byte as
+UTF-8. Prints the job id; with ``--wait``, then the job's terminal event as JSON. Exit
+codes:
 0 the job was sent (and, with ``--wait``, succeeded); 1 the job was rejected or failed,
 no event came within ``--timeout``, or the broker could not be reached; 2 a bad option
 or a job the worker would refuse as invalid (the message names the field; nothing is
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,14 +22,27 @@ import typer
 from schemas.events import CompletionSucceeded, TerminalEvent, encode_event
 from schemas.jobs import CompletionJob, JobError
 from worker.client import JobClient, ResultWaiter, build_job, limits_of
-from worker.errors import BudgetWorkerError
-from worker.settings import Settings
+from worker.errors import BudgetWorkerError, ConfigError
+from worker.logs import quiet_kafka_client
+from worker.settings import Settings, load_settings
 
 
 def submit(
     user: Annotated[str, typer.Option("--user", help="The user the job is charged to.")],
     model: Annotated[str, typer.Option("--model", help="A model_name from the model list.")],
-    prompt: Annotated[str, typer.Option("--prompt", help="The user message.")],
+    prompt: Annotated[
+        str | None,
+        typer.Option("--prompt", help="The user message (or --prompt-file).", show_default=False),
+    ] = None,
+    prompt_file: Annotated[
+        str | None,
+        typer.Option(
+            "--prompt-file",
+            metavar="PATH",
+            help="Read the user message from PATH as UTF-8; - reads standard input.",
+            show_default=False,
+        ),
+    ] = None,
     max_tokens: Annotated[
         int | None, typer.Option("--max-tokens", help="Output cap (default: the worker's).")
     ] = None,
@@ -44,19 +61,22 @@ def submit(
         typer.Option("--kafka-bootstrap", help="Kafka bootstrap servers (default: BW_ setting)."),
     ] = None,
 ) -> None:
-    """Submit one completion job for a user; with --wait, print its terminal event."""
+    """Submit one completion job for a user; with --wait, print its terminal event.
+
+    The prompt is --prompt TEXT, or --prompt-file PATH for long text (- reads stdin).
+    """
+    text = _prompt(prompt, prompt_file)
     try:
-        settings = Settings()
-        if kafka_bootstrap is not None:
-            settings = settings.model_copy(update={"kafka_bootstrap": kafka_bootstrap})
-    except ValueError as exc:
-        typer.echo(f"error: invalid settings: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        overrides = {} if kafka_bootstrap is None else {"kafka_bootstrap": kafka_bootstrap}
+        settings = load_settings(**overrides)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     try:
         job = build_job(
             user,
             model,
-            prompt,
+            text,
             max_tokens=max_tokens,
             job_id=job_id,
             system=system,
@@ -66,14 +86,44 @@ def submit(
         typer.echo(f"error: invalid job: {exc}", err=True)
         raise typer.Exit(2) from exc
     try:
-        event = asyncio.run(_send(settings, job, wait, timeout))
+        with quiet_kafka_client():
+            event = asyncio.run(_send(settings, job, wait, timeout))
     except (BudgetWorkerError, TimeoutError) as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        raise typer.Exit(1) from None
     if event is not None:
         typer.echo(json.dumps(json.loads(encode_event(event)), indent=2, ensure_ascii=False))
         if not isinstance(event, CompletionSucceeded):
             raise typer.Exit(1)
+
+
+def _prompt(prompt: str | None, prompt_file: str | None) -> str:
+    """The prompt from exactly one of the two options; exit 2 naming the option."""
+    if (prompt is None) == (prompt_file is None):
+        raise typer.BadParameter(
+            "give the prompt with exactly one of --prompt and --prompt-file",
+            param_hint="'--prompt' / '--prompt-file'",
+        )
+    if prompt is not None:
+        return prompt
+    assert prompt_file is not None
+    try:
+        if prompt_file == "-":
+            data = typer.get_binary_stream("stdin").read()
+        else:
+            data = Path(prompt_file).read_bytes()
+    except OSError as exc:
+        raise typer.BadParameter(
+            f"cannot read {prompt_file}: {exc.strerror or exc}", param_hint="'--prompt-file'"
+        ) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise typer.BadParameter(
+            f"{'standard input' if prompt_file == '-' else prompt_file} is not UTF-8 text "
+            f"(byte {exc.start})",
+            param_hint="'--prompt-file'",
+        ) from None
 
 
 async def _send(

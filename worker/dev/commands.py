@@ -1,4 +1,4 @@
-"""The console script's development commands: ``demo`` and ``fake-provider``.
+"""The console script's development commands: ``dev``, ``demo`` and ``fake-provider``.
 
 Only the options live here; each command imports its rig when it runs, so the
 service's own commands (``budget-worker run``) never load the demo, the fake
@@ -11,6 +11,7 @@ import asyncio
 import os
 import sys
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -90,6 +91,52 @@ def demo_command(
         raise typer.Exit(143) from None
     console.print()
     console.print(render_result(result, console.width))
+
+
+def dev_command(
+    models_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--models-file",
+            help="A real model list (LiteLLM model_list YAML) instead of the fake provider.",
+            show_default=False,
+        ),
+    ] = None,
+    partitions: Annotated[
+        int, typer.Option(min=1, help="Partitions of the jobs and results topics.")
+    ] = 6,
+    kafka_port: Annotated[int, typer.Option(min=0, help="Broker port (0: a free one).")] = 0,
+    redis_port: Annotated[int, typer.Option(min=0, help="Redis port (0: a free one).")] = 0,
+    latency_ms: Annotated[float, typer.Option(min=0, help="Fake provider latency.")] = 0.0,
+) -> None:
+    """Run a broker, Redis and a fake model on this machine, for `run` in another shell.
+
+    Creates the topics, writes a model list and prints the export lines to paste into
+    another shell; stays in the foreground and stops everything on Ctrl-C or SIGTERM.
+    Everything is kept in memory.
+    """
+    from worker.dev.local import LocalOptions, run_local
+    from worker.errors import BudgetWorkerError, ConfigError
+
+    def say(line: str) -> None:
+        typer.echo(line)
+        sys.stdout.flush()  # read line by line when piped
+
+    options = LocalOptions(
+        kafka_port=kafka_port,
+        redis_port=redis_port,
+        partitions=partitions,
+        models_file=models_file,
+        latency_ms=latency_ms,
+    )
+    try:
+        asyncio.run(run_local(options, say))
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except (BudgetWorkerError, RuntimeError, TimeoutError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def fake_provider_command(
