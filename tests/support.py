@@ -17,7 +17,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from worker.dev.servers import EmbeddedKafka, free_port
 from worker.gate import LedgerGate
@@ -149,6 +151,38 @@ class WorkerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    async def metric(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        """One sample of the worker's /metrics (None when it is not there)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            text = await response.text()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == (labels or {}):
+                    return float(sample.value)
+        return None
+
+
+async def until_assigned(procs: list[WorkerProcess], partitions: int) -> None:
+    """Wait until the group has settled: every worker consumes, all partitions taken."""
+    deadline = time.monotonic() + 60
+    while True:
+        counts = [await proc.metric("bw_partitions_assigned") or 0 for proc in procs]
+        if sum(counts) == partitions and all(counts):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"partitions assigned {counts}, wanted {partitions} in all")
+        await asyncio.sleep(0.2)
+
+
+async def until_busy(proc: WorkerProcess, jobs: int = 1) -> None:
+    """Wait until the worker runs at least ``jobs`` jobs at once."""
+    deadline = time.monotonic() + 60
+    while (await proc.metric("bw_jobs_in_flight") or 0) < jobs:
+        if time.monotonic() > deadline:
+            raise AssertionError("the worker never got busy")
+        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager

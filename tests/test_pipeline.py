@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.support import (
     Topics,
@@ -19,6 +22,8 @@ from tests.support import (
     produce,
     read_all,
     spent,
+    until_assigned,
+    until_busy,
     wait_for_events,
     worker_env,
     workers,
@@ -38,6 +43,7 @@ class Pipeline:
     ledger: Ledger
     fake: Any
     directory: Path
+    redis_url: str
 
     async def set_budgets(self, users: list[str], limit_nanousd: int, **kwargs: Any) -> None:
         for user in users:
@@ -53,7 +59,7 @@ async def pipeline(
     env = worker_env(kafka, redis_url, models, topics, lease_ms=4000, model_timeout_s=2)
     ledger = Ledger.from_url(redis_url)
     try:
-        yield Pipeline(kafka, topics, env, ledger, fake_provider, tmp_path)
+        yield Pipeline(kafka, topics, env, ledger, fake_provider, tmp_path, redis_url)
     finally:
         await ledger.close()
 
@@ -146,29 +152,63 @@ async def test_three_worker_processes_share_partitions_and_budgets(pipeline: Pip
         assert await spent(pipeline.ledger, user) == first_costs(events, user)
 
 
-async def test_a_killed_worker_loses_no_job_and_charges_none_twice(pipeline: Pipeline) -> None:
+async def test_a_killed_workers_jobs_are_answered_within_20_s_charged_once(
+    pipeline: Pipeline,
+) -> None:
+    """Three workers under load with the default lease; one is SIGKILLed mid-call. Its
+    calls are redelivered and made again elsewhere; every job is answered within 20 s of
+    the kill (the lease brings its money back), charged once, nobody over budget."""
     users = [f"kill-{i}" for i in range(6)]
-    await pipeline.set_budgets(users, limit_nanousd=10_000_000_000)
-    pipeline.fake.update_config(latency_s=0.4)
-    jobs = [job(f"kill-{u}-{n}", u) for u in users for n in range(10)]
-    async with workers(pipeline.env, pipeline.directory, count=2) as procs:
-        await asyncio.sleep(3)
+    budget = 2_000_000
+    await pipeline.set_budgets(users, limit_nanousd=budget)
+    pipeline.fake.update_config(latency_s=0.5)
+    jobs = [job(f"kill-{u}-{n}", u) for u in users for n in range(12)]
+    env = {k: v for k, v in pipeline.env.items() if k not in ("BW_LEASE_MS", "BW_MODEL_TIMEOUT_S")}
+    async with workers(env, pipeline.directory, count=3) as procs:
+        await until_assigned(procs, partitions=3)
         await produce(pipeline.kafka, pipeline.topics.jobs, jobs)
-        await asyncio.sleep(1.0)  # both workers are mid-call now
+        await until_busy(procs[0])
+        held = await until_held(pipeline.redis_url, "w0")
         procs[0].kill()
+        killed_at = time.time()
         events = await wait_for_events(
-            pipeline.kafka, pipeline.topics.results, {j["job_id"] for j in jobs}, timeout_s=90
+            pipeline.kafka, pipeline.topics.results, {j["job_id"] for j in jobs}, timeout_s=60
         )
+    last = max(_at(items[0]) for items in events.values())
+    assert last - killed_at <= 20, f"the last job was answered {last - killed_at:.1f} s after"
     assert {items[0]["type"] for items in events.values()} == {"completion.succeeded"}
+    # The killed worker's calls in flight were made again by the others.
+    # The jobs the killed worker held were redelivered and answered by the others.
+    assert held and {events[job_id][0]["worker_id"] for job_id in held} <= {"w1", "w2"}
     for user in users:
         state = await pipeline.ledger.state(user)
         assert state is not None
-        # Every job charged exactly once, whatever was redelivered.
-        assert state.snapshot.spent_nanousd == first_costs(events, user)
-        # The killed worker's reservations were reclaimed.
+        assert state.snapshot.spent_nanousd == first_costs(events, user) <= budget
         assert state.snapshot.reserved_nanousd == 0
     for items in events.values():
         assert len({e["cost_nanousd"] for e in items}) == 1
+
+
+async def until_held(redis_url: str, worker_id: str) -> set[str]:
+    """The jobs whose live reservation ``worker_id`` holds, once there are some."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        for _ in range(600):
+            held = set()
+            async for key in client.scan_iter("bw:*:job:*"):
+                state, holder = await client.hmget(key, "state", "holder")
+                if state == b"reserved" and (holder or b"").startswith(worker_id.encode() + b":"):
+                    held.add(key.decode().rsplit(":job:", 1)[1])
+            if held:
+                return held
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+    raise AssertionError(f"{worker_id} never held a reservation")
+
+
+def _at(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["occurred_at"]).timestamp()
 
 
 async def test_redis_outage_pauses_without_model_calls_and_loses_nothing(

@@ -271,3 +271,53 @@ async def test_a_redis_hang_longer_than_the_lease_cuts_the_call_off_and_runs_it_
             "bw_model_calls_cut_off_total", {"reason": "lease_expired"}
         )
         assert cut == 1
+
+
+# --- the default lease rides out an outage of 10 s ------------------------------------
+
+
+def _hang(server: EmbeddedRedis) -> tuple[Callable[[], None], Callable[[], None]]:
+    assert server.server.process is not None
+    pid = server.server.process.pid
+    return (lambda: os.kill(pid, signal.SIGSTOP)), (lambda: os.kill(pid, signal.SIGCONT))
+
+
+def _restart(server: EmbeddedRedis) -> tuple[Callable[[], None], Callable[[], None]]:
+    return server.stop, server.start  # SIGKILL, then start again: a crash and a restart
+
+
+OUTAGES = {"hang": _hang, "restart": _restart}
+
+
+@pytest.mark.parametrize("kind", sorted(OUTAGES))
+async def test_the_default_lease_rides_out_a_10_s_outage_with_nothing_cut_or_uncharged(
+    tmp_path: Path, kind: str
+) -> None:
+    """Calls in flight while Redis hangs, or is down and restarted (with its append-only
+    file, as a production Redis runs), for 10 s: none is cut off, all are charged."""
+    server = EmbeddedRedis(tmp_path, extra_args=["--appendonly", "yes", "--appendfsync", "always"])
+    server.start()
+    back = asyncio.Event()
+
+    async def answers_after_the_outage(call: Call) -> Any:
+        await back.wait()
+        return answer(prompt_tokens=30, completion_tokens=6)
+
+    begin, end = OUTAGES[kind](server)
+    try:
+        async with rigged(server.url, ScriptedProvider(answers_after_the_outage)) as rig:
+            assert rig.settings.lease_ms == 15_000  # the default
+            await rig.ledger.set_budget("alice", Budget(10**9, "none"))
+            tasks = [asyncio.create_task(rig.jobs.run(decoded(f"j{n}"))) for n in range(20)]
+            await until(lambda: rig.provider.running == 20)
+            begin()
+            await asyncio.sleep(10)
+            end()
+            back.set()
+            events = [(await asyncio.wait_for(task, 30)).event for task in tasks]
+            assert all(isinstance(event, CompletionSucceeded) for event in events)
+            assert rig.provider.cancelled == 0 and len(rig.provider.calls) == 20
+            charged = sum(e.cost_nanousd for e in events if isinstance(e, CompletionSucceeded))
+            assert await spent(rig.ledger, "alice") == charged
+    finally:
+        server.stop()

@@ -108,8 +108,11 @@ class FakeProviderConfig:
 @dataclass(slots=True)
 class FakeProviderStats:
     """Counters of chat completion requests (other endpoints are not counted). In JSON
-    (GET /stats) the status codes of ``by_status`` are strings."""
+    (GET /stats) the status codes of ``by_status`` are strings. ``requests_total`` counts
+    requests answered; ``requests_received`` every request that arrived, including those
+    whose client went away before the answer (a killed worker's calls in flight)."""
 
+    requests_received: int = 0
     requests_total: int = 0
     by_status: Counter[int] = field(default_factory=Counter)
     by_model: Counter[str] = field(default_factory=Counter)
@@ -118,6 +121,7 @@ class FakeProviderStats:
     completion_tokens_total: int = 0
 
     def reset(self) -> None:
+        self.requests_received = 0
         self.requests_total = 0
         self.by_status.clear()
         self.by_model.clear()
@@ -127,6 +131,7 @@ class FakeProviderStats:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "requests_received": self.requests_received,
             "requests_total": self.requests_total,
             "by_status": {str(code): n for code, n in sorted(self.by_status.items())},
             "by_model": dict(sorted(self.by_model.items())),
@@ -344,6 +349,7 @@ class _App:
 
     async def chat_completions(self, request: web.Request) -> web.Response:
         config = self.config
+        self.stats.requests_received += 1
         if config.api_key is not None:
             sent = request.headers.get("Authorization", "").removeprefix("Bearer ")
             if sent != config.api_key:
