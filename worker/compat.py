@@ -59,7 +59,9 @@ from worker import admission, ledger, service
 from worker.errors import BudgetWorkerError, ConfigError
 from worker.estimate import Estimate, estimate, framing_for, prompt_token_bound
 from worker.models import ModelEntry, ModelList, tokenizer_family
-from worker.provider import Provider, cost_map_price
+from worker.pricebook import cost_map_price
+from worker.prices import TokenUsage
+from worker.provider import Provider
 from worker.settings import Settings
 
 __all__ = [
@@ -286,7 +288,7 @@ class AsyncBudgetManager:
         bound = prompt_token_bound(
             texts, len(messages), framing=framing_for(entry.tokenizer_family)
         )
-        prompt_nanousd = entry.price.cost_nanousd(bound, 0, round_up=True)
+        prompt_nanousd = entry.price.bound_nanousd(bound, 0)
         spent = (await self._state(user)).snapshot.spent_nanousd
         return _usd(spent + prompt_nanousd)
 
@@ -315,7 +317,7 @@ class AsyncBudgetManager:
         if not await self.is_valid_user(user):
             raise UnknownUser(user)
         price = self._entry(usage.model, {}).price
-        cost = price.cost_nanousd(usage.prompt_tokens, usage.completion_tokens, round_up=False)
+        cost = price.cost_nanousd(TokenUsage(usage.prompt_tokens, usage.completion_tokens))
         await self.ledger.settle(
             user,
             f"compat-charge-{uuid.uuid4().hex}",
@@ -364,8 +366,11 @@ class AsyncBudgetManager:
             await asyncio.shield(release)
             raise
         usage = _Usage(model, completion.prompt_tokens, completion.completion_tokens)
-        cost = entry.price.cost_nanousd(
-            usage.prompt_tokens, usage.completion_tokens, round_up=False
+        # No usage reported: the cost is unknown, so the hold (an upper bound) is charged.
+        cost = (
+            entry.price.cost_nanousd(completion.usage)
+            if completion.usage is not None
+            else admitted.cost_nanousd
         )
         settle = asyncio.ensure_future(
             self.ledger.settle(

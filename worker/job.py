@@ -24,7 +24,7 @@ from typing import Protocol, TypeVar
 from schemas.events import RejectReason, encode_event
 from schemas.jobs import CompletionJob, InvalidJob, JobLimits, UndecodableJob, parse_job
 from worker import admission, ledger
-from worker.errors import LedgerUnavailable, ProviderError
+from worker.errors import LedgerUnavailable, PermanentProviderError, ProviderError
 from worker.estimate import Estimate, estimate
 from worker.metrics import Metrics
 from worker.models import ModelEntry, ModelList
@@ -248,6 +248,15 @@ class JobRunner:
                 admitted.estimate.max_output_tokens,
                 before_retry=lambda attempt, delay_s: self._before_retry(job, reserved, entry),
             )
+            if completion.usage is None:
+                # An answer without usage has no known cost: it fails as it did before the
+                # provider returned such answers (until the spend path charges the hold).
+                missing = PermanentProviderError(
+                    "no_usage",
+                    "the provider's response carries no token usage; its cost is unknown",
+                )
+                missing.attempts = completion.attempts  # type: ignore[attr-defined]
+                raise missing
         except ProviderError as exc:
             model_ms = self._model_call_ended(entry, started)
             attempts = int(getattr(exc, "attempts", 1))
@@ -286,9 +295,7 @@ class JobRunner:
     async def _settle(
         self, job: CompletionJob, entry: ModelEntry, completion: Completion, model_ms: float
     ) -> bytes:
-        cost = entry.price.cost_nanousd(
-            completion.prompt_tokens, completion.completion_tokens, round_up=False
-        )
+        cost = entry.price.cost_nanousd(completion.usage) if completion.usage is not None else 0
         event = self.outcomes.succeeded(
             job,
             response=completion.response,

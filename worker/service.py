@@ -17,7 +17,8 @@ from worker.errors import ConfigError, LedgerUnavailable
 from worker.job import JobRunner
 from worker.metrics import HealthServer, Metrics
 from worker.models import ModelList, load_models
-from worker.provider import Provider, cost_map_price
+from worker.pricebook import price_of
+from worker.provider import Provider
 from worker.publisher import KafkaPublisher
 from worker.settings import Settings
 
@@ -35,7 +36,7 @@ def default_budget(settings: Settings) -> ledger.Budget | None:
 def model_list(settings: Settings, environ: Mapping[str, str]) -> ModelList:
     if settings.models_file is None:
         raise ConfigError("BW_MODELS_FILE is not set: the worker needs a model list")
-    return load_models(settings.models_file, environ, cost_map_price)
+    return load_models(settings.models_file, environ, price_of)
 
 
 def build_ledger(settings: Settings) -> ledger.Ledger:
