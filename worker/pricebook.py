@@ -512,11 +512,11 @@ def _refusal(pricing: _Pricing) -> str | None:
 
 def _price(pricing: _Pricing) -> ModelPrice:
     breakpoints = _breakpoints(pricing)
-    base = _rates_at(pricing, 0)
+    base = _plain(_rates_at(pricing, 0))
     tiers: list[PriceTier] = []
     previous = base
     for above in breakpoints:
-        rates = _rates_at(pricing, above + 1)
+        rates = _plain(_rates_at(pricing, above + 1))
         if rates != previous:
             tiers.append(PriceTier(above, rates))
             previous = rates
@@ -546,6 +546,37 @@ def _price(pricing: _Pricing) -> ModelPrice:
         multiplier=_uplift(pricing),
         geo_multipliers=geo,
         fast_multiplier=fast,
+    )
+
+
+def _plain(rates: Rates) -> Rates:
+    """``rates`` with every rate that equals its fallback left out (``None``): the same
+    price, written the way an operator would write it."""
+    inp, out = rates.input_usd_per_token, rates.output_usd_per_token
+    write = rates.cache_creation_usd_per_token
+    resolved_write = inp if write is None else write
+
+    def unless(value: Decimal | None, fallback: Decimal) -> Decimal | None:
+        return None if value is None or value == fallback else value
+
+    return Rates(
+        input_usd_per_token=inp,
+        output_usd_per_token=out,
+        cache_read_usd_per_token=unless(rates.cache_read_usd_per_token, inp),
+        cache_creation_usd_per_token=unless(write, inp),
+        cache_creation_1h_usd_per_token=unless(
+            rates.cache_creation_1h_usd_per_token, resolved_write
+        ),
+        cache_creation_12h_usd_per_token=unless(
+            rates.cache_creation_12h_usd_per_token, resolved_write
+        ),
+        audio_input_usd_per_token=unless(rates.audio_input_usd_per_token, inp),
+        image_input_usd_per_token=unless(rates.image_input_usd_per_token, inp),
+        video_input_usd_per_token=unless(rates.video_input_usd_per_token, inp),
+        reasoning_usd_per_token=unless(rates.reasoning_usd_per_token, out),
+        audio_output_usd_per_token=unless(rates.audio_output_usd_per_token, out),
+        image_output_usd_per_token=unless(rates.image_output_usd_per_token, out),
+        video_output_usd_per_token=unless(rates.video_output_usd_per_token, out),
     )
 
 
@@ -865,9 +896,14 @@ def _litellm_usd(pricing: _Pricing, usage: TokenUsage) -> float:
         usage_object=litellm_usage(usage),
         data_residency=pricing.data_residency,
         vertex_location=pricing.vertex_location,
-        requested_model_info_override=dict(pricing.table) if pricing.overridden else None,
+        requested_model_info_override=_as_floats(pricing.table) if pricing.overridden else None,
     )
     return float(prompt_usd) + float(completion_usd)
+
+
+def _as_floats(table: Mapping[str, Any]) -> dict[str, Any]:
+    """The table as litellm reads a model list: its rates are floats, not Decimals."""
+    return {k: float(v) if isinstance(v, Decimal) else v for k, v in table.items()}
 
 
 def _agree(price: ModelPrice, usage: TokenUsage, ours: int, theirs_usd: float) -> bool:
