@@ -149,12 +149,7 @@ def price_of(litellm_params: Mapping[str, Any], model_info: Mapping[str, Any]) -
             "e.g. 0.00000015) to this entry, or model_info.base_model naming the model "
             "it is priced as (e.g. azure/gpt-4o)"
         )
-    refusal = _refusal(pricing)
-    if refusal is not None:
-        raise ConfigError(f"model {pricing.litellm_model!r}: {refusal}")
-    price = _price(pricing)
-    _verify(pricing, price)
-    return price
+    return _checked_price(pricing)
 
 
 def cost_map_price(litellm_model: str) -> ModelPrice | None:
@@ -162,11 +157,19 @@ def cost_map_price(litellm_model: str) -> ModelPrice | None:
     has no entry for it (see the module docstring for the lookup). Raises ``ConfigError``
     when it has one that the worker cannot price exactly."""
     try:
-        return price_of({"model": litellm_model}, {})
-    except ConfigError:
-        if _pricing({"model": litellm_model}, {}) is None:
-            return None
-        raise
+        pricing = _pricing({"model": litellm_model}, {})
+    except ConfigError:  # litellm knows no provider of that name: no entry either
+        return None
+    return None if pricing is None else _checked_price(pricing)
+
+
+def _checked_price(pricing: _Pricing) -> ModelPrice:
+    refusal = _refusal(pricing)
+    if refusal is not None:
+        raise ConfigError(f"model {pricing.litellm_model!r}: {refusal}")
+    price = _price(pricing)
+    _verify(pricing, price)
+    return price
 
 
 def usage_of(response: Any) -> TokenUsage | None:

@@ -221,15 +221,18 @@ class ModelPrice(Rates):
                 chosen = tier.rates
         return chosen
 
-    def cost_nanousd(self, usage: TokenUsage) -> int:
-        """The actual cost of ``usage``, exact, rounded half up to nano-USD."""
+    def cost_usd(self, usage: TokenUsage) -> Decimal:
+        """The exact cost of ``usage`` in USD, before any rounding."""
         rates = self._segment(usage.prompt_tokens)
         usd = _EXACT.add(
             _dot(rates.prompt, _prompt_counts(usage)),
             _dot(rates.completion, _completion_counts(usage)),
         )
-        usd = _EXACT.multiply(usd, self._usage_multiplier(usage))
-        return _to_nanousd(usd, ROUND_HALF_UP)
+        return _EXACT.multiply(usd, self._usage_multiplier(usage))
+
+    def cost_nanousd(self, usage: TokenUsage) -> int:
+        """The actual cost of ``usage``, exact, rounded half up to nano-USD."""
+        return _to_nanousd(self.cost_usd(usage), ROUND_HALF_UP)
 
     def bound_nanousd(self, prompt_tokens: int, completion_tokens: int) -> int:
         """An upper bound, rounded up, of what any usage of at most ``prompt_tokens`` and
