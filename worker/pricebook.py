@@ -79,6 +79,7 @@ _CACHE_WRITE: Final = "cache_creation_input_token_cost"
 _CACHE_WRITE_1H: Final = "cache_creation_input_token_cost_above_1hr"
 _CACHE_WRITE_12H: Final = "cache_creation_input_token_cost_above_12hr"
 _REASONING: Final = "output_cost_per_reasoning_token"
+_AUDIO_INPUT_ABOVE: Final = "input_cost_per_audio_token_above_"  # tiered like the four
 _TIERED_PREFIXES: Final = tuple(
     f"{key}_above_" for key in (_INPUT, _OUTPUT, _CACHE_READ, _CACHE_WRITE)
 )
@@ -91,13 +92,11 @@ _NON_STANDARD_SUFFIXES: Final = (
     "_fast",
     "_ultrafast",
 )
-_THRESHOLD = re.compile(r"_above_(\d+(?:\.\d+)?)(k?)_tokens")
 _PER_SECOND_KEYS: Final = ("cost_per_second", "input_cost_per_second", "output_cost_per_second")
 _WALL_CLOCK_MODES: Final = frozenset({"chat", "completion", "responses", "embedding"})
 _DASHSCOPE: Final = frozenset({"dashscope", "qwencloud", "qwen_ai_platform"})
 _LIVE_PRICE_PROVIDERS: Final = frozenset({"ollama", "ollama_chat", "lemonade"})
 _INCLUSIVE_THRESHOLD_PROVIDERS: Final = frozenset({"xai"})
-_GEO_PROVIDERS: Final = frozenset({"anthropic", "bedrock"})
 
 # Usage shapes for the start-up check; each is scaled to a prompt size (see ``_shapes``).
 _SHAPE_NAMES: Final = ("plain", "cache read", "cache write", "reasoning", "audio", "mix")
@@ -654,9 +653,6 @@ def _breakpoints(pricing: _Pricing) -> list[int]:
                     if value is not None and value >= 0:
                         found.add(int(value.to_integral_value(ROUND_FLOOR)))
     return sorted(found)
-
-
-_AUDIO_INPUT_ABOVE: Final = "input_cost_per_audio_token_above_"
 
 
 def _threshold_of(key: str) -> Decimal | None:

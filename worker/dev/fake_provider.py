@@ -414,7 +414,9 @@ def _gemini_call(body: Any, model: str) -> _Call:
     for item in ([system] if isinstance(system, dict) else []) + contents:
         if not isinstance(item, dict):
             raise _BadRequest("contents must be a list of objects", "contents")
-        parts = item.get("parts") if isinstance(item.get("parts"), list) else []
+        parts = item.get("parts")
+        if not isinstance(parts, list):
+            parts = []
         text = "".join(str(p.get("text", "")) for p in parts if isinstance(p, dict))
         messages.append({"role": str(item.get("role", "user")), "content": text})
     config = body.get("generationConfig") or body.get("generation_config") or {}
