@@ -28,6 +28,7 @@ every threshold); a model the worker cannot price exactly is refused with a
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -151,10 +152,13 @@ def price_of(litellm_params: Mapping[str, Any], model_info: Mapping[str, Any]) -
     return _checked_price(pricing)
 
 
+@functools.lru_cache(maxsize=1024)
 def cost_map_price(litellm_model: str) -> ModelPrice | None:
     """The price of ``litellm_model`` from litellm's bundled cost map, or None when the map
     has no entry for it (see the module docstring for the lookup). Raises ``ConfigError``
-    when it has one that the worker cannot price exactly."""
+    when it has one that the worker cannot price exactly. Remembered per model: the map
+    does not change while the process runs, and callers outside a model list (``compat``)
+    ask once per call."""
     try:
         pricing = _pricing({"model": litellm_model}, {})
     except ConfigError:  # litellm knows no provider of that name: no entry either
