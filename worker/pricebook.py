@@ -45,6 +45,7 @@ from worker.prices import ModelPrice, PriceTier, Rates, TokenUsage, to_price
 import litellm
 import litellm.utils
 from litellm.constants import FIREWORKS_AI_DEFAULT_CACHE_READ_RATE_RATIO
+from litellm.litellm_core_utils.litellm_logging import resolve_vertex_location_for_cost
 from litellm.litellm_core_utils.llm_cost_calc.tiered_pricing import select_tier_for_input
 from litellm.litellm_core_utils.llm_cost_calc.utils import (
     get_modality_token_cost_key,
@@ -268,6 +269,15 @@ def _pricing(litellm_params: Mapping[str, Any], model_info: Mapping[str, Any]) -
         )
     pricing_model = litellm_model
     pricing_provider = provider
+    chosen_provider = model_info.get("pricing_provider")
+    if chosen_provider is not None:
+        # LiteLLM's model_info.pricing_provider: the cost map is read under that provider.
+        if not isinstance(chosen_provider, str) or not chosen_provider.strip():
+            raise ConfigError(
+                f"model {litellm_model!r}: model_info.pricing_provider must name a provider "
+                f"of litellm (e.g. openai), got {chosen_provider!r}"
+            )
+        provider = pricing_provider = chosen_provider
     found = _cost_map_entry(base_model or litellm_model, provider)
     if found is None and base_model:
         # LiteLLM prices a base model under its own provider when the deployment's has no
@@ -365,7 +375,7 @@ def _overrides(litellm_model: str, model_info: Mapping[str, Any]) -> dict[str, A
         key = str(raw_key)
         known = key in _PRICE_KEYS or ABOVE_THRESHOLD_COST_KEY_PATTERN.search(key) is not None
         if not known:
-            if _PRICE_LIKE.search(key) and key != "base_model":
+            if _PRICE_LIKE.search(key) and key not in ("base_model", "pricing_provider"):
                 raise ConfigError(
                     f"model {litellm_model!r}: model_info.{key} is not a price key of "
                     "litellm's cost map (e.g. input_cost_per_token, cache_read_input_token_"
@@ -435,8 +445,6 @@ def _merged(table: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str,
 def _vertex_location(provider: str, litellm_params: Mapping[str, Any], model: str) -> str | None:
     if not provider.startswith("vertex_ai"):
         return None
-    from litellm.litellm_core_utils.litellm_logging import resolve_vertex_location_for_cost
-
     location = resolve_vertex_location_for_cost(
         custom_llm_provider=provider,
         litellm_params=dict(litellm_params),
