@@ -176,6 +176,12 @@ class _Resolved:
     video: in the order ``_prompt_counts`` returns the counts."""
     completion: tuple[Decimal, ...]
     """output, reasoning, audio, image, video (``_completion_counts``)."""
+    dearest_prompt: Decimal = field(init=False)
+    dearest_completion: Decimal = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dearest_prompt", max(self.prompt))
+        object.__setattr__(self, "dearest_completion", max(self.completion))
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,8 +255,8 @@ class ModelPrice(Rates):
             if index + 1 < len(segments):
                 reach = min(reach, segments[index + 1][0])
             usd = _EXACT.add(
-                _EXACT.multiply(max(rates.prompt), reach),
-                _EXACT.multiply(max(rates.completion), completion_tokens),
+                _EXACT.multiply(rates.dearest_prompt, reach),
+                _EXACT.multiply(rates.dearest_completion, completion_tokens),
             )
             worst = max(worst, usd)
         return _to_nanousd(_EXACT.multiply(worst, self._bound_multiplier), ROUND_CEILING)
