@@ -216,7 +216,8 @@ def test_every_reservation_of_the_sweep_holds_its_usages_cost() -> None:
 
 
 def test_the_sweep_stays_within_its_cpu_budget() -> None:
-    assert sweep().cpu_s < 20
+    # Measured at 11-14 s on the 2-core development machine; the margin is for slower ones.
+    assert sweep().cpu_s < 30
 
 
 # --- refusals ------------------------------------------------------------------------------
