@@ -68,7 +68,7 @@ def workload() -> Workload:
     from worker.dev.fake_provider import count_prompt_tokens
     from worker.estimate import estimate
     from worker.models import ModelEntry
-    from worker.prices import ModelPrice
+    from worker.prices import ModelPrice, TokenUsage
 
     price = ModelPrice(Decimal(PRICE_IN), Decimal(PRICE_OUT))
     entry = ModelEntry(
@@ -91,7 +91,7 @@ def workload() -> Workload:
     )
     bound = estimate(job, entry, MAX_TOKENS)
     prompt_tokens = count_prompt_tokens(messages, MODEL, "exact")
-    typical = price.cost_nanousd(prompt_tokens, 150, round_up=False)
+    typical = price.cost_nanousd(TokenUsage(prompt_tokens, 150))
     return Workload(prompt_tokens, bound.cost_nanousd, bound.tokens, typical * CALLS_PER_BUDGET)
 
 

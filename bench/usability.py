@@ -27,7 +27,7 @@ from worker.dev.fake_provider import count_prompt_tokens
 from worker.estimate import Estimate, estimate
 from worker.ledger import Budget, Ledger, Refused, Reserved, ReserveResult
 from worker.models import ModelEntry
-from worker.prices import ModelPrice
+from worker.prices import ModelPrice, TokenUsage
 
 NAME = "usability"
 GOAL = 0.95
@@ -44,7 +44,7 @@ ENTRY = ModelEntry(
 )
 MESSAGES = [{"role": "user", "content": PROMPT}]
 PROMPT_TOKENS = count_prompt_tokens(MESSAGES, MODEL, "exact")
-TYPICAL_NANOUSD = PRICE.cost_nanousd(PROMPT_TOKENS, 150, round_up=False)
+TYPICAL_NANOUSD = PRICE.cost_nanousd(TokenUsage(PROMPT_TOKENS, 150))
 BUDGETS = (10, 100)
 """Budgets, in typical calls (about 0.95 and 9.5 thousandths of a dollar)."""
 
@@ -93,7 +93,7 @@ async def _one_user(
             user,
             job.job_id,
             holder="bench",
-            cost_nanousd=PRICE.cost_nanousd(PROMPT_TOKENS, out, round_up=False),
+            cost_nanousd=PRICE.cost_nanousd(TokenUsage(PROMPT_TOKENS, out)),
             tokens=PROMPT_TOKENS + out,
             model=MODEL,
             outcome=b"{}",

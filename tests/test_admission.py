@@ -24,7 +24,7 @@ if __name__ == "__main__":  # run as a script from the repository root
 
 from worker.admission import admit, fitting_output_tokens
 from worker.estimate import Estimate, priced
-from worker.prices import ModelPrice
+from worker.prices import ModelPrice, PriceTier, Rates, TokenUsage
 
 PRICE = ModelPrice(Decimal("0.00000015"), Decimal("0.0000006"))  # gpt-4o-mini: 150 / 600 nano
 
@@ -79,6 +79,53 @@ def test_fitting_output_tokens_handles_free_output_and_unaffordable_prompts() ->
     assert fitting_output_tokens(11, 1, 10_000, free_output) == -1
 
 
+def test_fitting_output_tokens_counts_the_tier_rate_above_a_tier_threshold() -> None:
+    # Gemini 2.5 Pro's shape: 1.25 / 10 USD per 1M tokens, 2.5 / 15 above 200k prompt tokens.
+    price = ModelPrice(
+        Decimal("0.00000125"),
+        Decimal("0.00001"),
+        tiers=(PriceTier(200_000, Rates(Decimal("0.0000025"), Decimal("0.000015"))),),
+    )
+    remaining = 300_000 * 2_500 + 1_000 * 15_000  # 300k prompt and 1,000 output at the tier
+
+    assert fitting_output_tokens(300_000, 1, remaining, price) == 1_000
+    assert fitting_output_tokens(150_000, 1, remaining, price) > 1_000
+
+
+_rates = st.decimals("0", "0.0001", places=12)
+tiered_prices = st.builds(
+    ModelPrice,
+    _rates,
+    _rates,
+    cache_creation_usd_per_token=st.none() | _rates,
+    reasoning_usd_per_token=st.none() | _rates,
+    tiers=st.lists(
+        st.tuples(st.integers(0, 300_000), _rates, _rates), max_size=2, unique_by=lambda t: t[0]
+    ).map(lambda ts: tuple(PriceTier(a, Rates(i, o)) for a, i, o in sorted(ts))),
+    multiplier=st.sampled_from([Decimal(1), Decimal("1.1")]),
+    fast_multiplier=st.sampled_from([Decimal(1), Decimal(2)]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    price=tiered_prices,
+    prompt=st.integers(0, 400_000),
+    n=st.integers(1, 8),
+    remaining=st.integers(0, 10**11),
+)
+def test_fitting_output_tokens_is_the_largest_that_fits_for_any_price_model(
+    price: ModelPrice, prompt: int, n: int, remaining: int
+) -> None:
+    tokens = fitting_output_tokens(prompt, n, remaining, price)
+
+    if tokens == -1:
+        assert price.bound_nanousd(prompt, 0) > remaining
+    elif tokens < 2**62:
+        assert price.bound_nanousd(prompt, tokens * n) <= remaining
+        assert price.bound_nanousd(prompt, (tokens + 1) * n) > remaining
+
+
 prices = st.builds(
     ModelPrice,
     st.decimals("0", "0.0001", places=12),
@@ -104,12 +151,12 @@ def test_a_clamped_estimate_fits_is_maximal_and_never_grows(
         assert result is estimate
         return
     if result is None:  # refused: not even clamp_min tokens fit
-        assert price.cost_nanousd(prompt, clamp_min * n, round_up=True) > remaining
+        assert price.bound_nanousd(prompt, clamp_min * n) > remaining
         return
     assert result.cost_nanousd <= remaining
     assert clamp_min <= result.max_output_tokens < max_tokens
     assert result.prompt_tokens_bound == prompt and result.n == n
-    one_more = price.cost_nanousd(prompt, (result.max_output_tokens + 1) * n, round_up=True)
+    one_more = price.bound_nanousd(prompt, (result.max_output_tokens + 1) * n)
     assert one_more > remaining
 
 
@@ -156,7 +203,7 @@ def run_until_refused(
             return Outcome(spent / budget_nanousd, served, cut_short)
         output = min(answer_tokens, admitted.max_output_tokens)
         cut_short += answer_tokens > admitted.max_output_tokens
-        spent += PRICE.cost_nanousd(prompt_tokens, output, round_up=False)
+        spent += PRICE.cost_nanousd(TokenUsage(prompt_tokens, output))
         served += 1
 
 

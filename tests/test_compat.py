@@ -19,7 +19,7 @@ from worker import ledger
 from worker.compat import AsyncBudgetManager, BudgetExceeded, BudgetManager, UnknownUser
 from worker.dev.fake_provider import count_prompt_tokens
 from worker.errors import ConfigError, ProviderError
-from worker.prices import ModelPrice
+from worker.prices import ModelPrice, TokenUsage
 from worker.settings import Settings
 
 # LiteLLM's BudgetManager notebook: a daily budget, then a loop of calls, each made after
@@ -68,7 +68,7 @@ PROMPT = [{"role": "user", "content": "Hey, how's it going?"}]
 
 def one_call_nanousd(output_tokens: int) -> int:
     prompt = count_prompt_tokens(PROMPT, "gpt-3.5-turbo")
-    return GPT35.cost_nanousd(prompt, output_tokens, round_up=False)
+    return GPT35.cost_nanousd(TokenUsage(prompt, output_tokens))
 
 
 @pytest.fixture
@@ -226,7 +226,7 @@ async def test_acompletion_returns_the_completion_and_charges_its_actual_cost(
     usage = response["usage"]
     state = await manager.ledger.state("u")
     assert state is not None
-    cost = GPT35.cost_nanousd(usage["prompt_tokens"], usage["completion_tokens"], round_up=False)
+    cost = GPT35.cost_nanousd(TokenUsage(usage["prompt_tokens"], usage["completion_tokens"]))
     assert state.snapshot.spent_nanousd == cost
     assert state.snapshot.reserved_nanousd == 0
     assert state.model_spend_nanousd == {"gpt-3.5-turbo": cost}

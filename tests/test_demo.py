@@ -91,7 +91,7 @@ def test_check_then_spend_keeps_budget_managers_books_to_the_last_bit(
 ) -> None:
     import litellm
 
-    from worker.provider import cost_map_price  # imports litellm offline
+    from worker.pricebook import cost_map_price  # imports litellm offline
 
     monkeypatch.chdir(tmp_path)  # BudgetManager writes user_cost.json here
     price = cost_map_price("openai/gpt-4o-mini")

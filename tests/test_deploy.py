@@ -364,7 +364,7 @@ def test_kubernetes_settings_build_valid_settings(overlay: Path) -> None:
 
 def test_the_model_lists_deployed_and_documented_load(tmp_path: Path) -> None:
     from worker.models import load_models
-    from worker.provider import cost_map_price
+    from worker.pricebook import price_of
 
     (configmap,) = [
         d for d in k8s_kind("ConfigMap") if d["metadata"]["name"] == "budget-worker-models"
@@ -378,7 +378,7 @@ def test_the_model_lists_deployed_and_documented_load(tmp_path: Path) -> None:
     for number, text in enumerate(lists):
         path = tmp_path / f"models-{number}.yaml"
         path.write_text(text)
-        assert load_models(path, environ, cost_map_price).names(), text
+        assert load_models(path, environ, price_of).names(), text
 
 
 def test_cli_commands_in_the_deploy_docs_exist_with_their_options() -> None:

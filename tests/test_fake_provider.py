@@ -392,3 +392,167 @@ def test_invalid_config_is_refused_at_construction() -> None:
         FakeProviderConfig(rate_429=1.5)
     with pytest.raises(ValueError, match="output_tokens"):
         FakeProviderConfig(output_tokens=-1)
+
+
+# --- vendor formats and the usage breakdown ---------------------------------------------
+
+
+async def test_usage_breakdown_appears_in_openais_usage_details(
+    fake: FakeProviderServer, http: aiohttp.ClientSession
+) -> None:
+    fake.update_config(
+        usage_breakdown={"cache_read_tokens": 10, "reasoning_tokens": 4, "audio_prompt_tokens": 3}
+    )
+
+    status, body, _ = await chat(http, fake, max_tokens=20)
+
+    assert status == 200
+    usage = body["usage"]
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 10, "audio_tokens": 3}
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": 4}
+    assert usage["completion_tokens"] == 10 + 4  # the reply's 10 tokens, reasoning on top
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+async def test_reasoning_stays_within_max_tokens(
+    fake: FakeProviderServer, http: aiohttp.ClientSession
+) -> None:
+    fake.update_config(usage_breakdown={"reasoning_tokens": 50})
+
+    _, body, _ = await chat(http, fake, max_tokens=12)
+
+    assert body["usage"]["completion_tokens"] == 12
+    assert body["usage"]["completion_tokens_details"] == {"reasoning_tokens": 2}
+
+
+async def test_breakdown_counts_are_capped_by_the_prompt(
+    fake: FakeProviderServer, http: aiohttp.ClientSession
+) -> None:
+    fake.update_config(usage_breakdown={"cache_read_tokens": 10**6})
+
+    _, body, _ = await chat(http, fake)
+
+    usage = body["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] == usage["prompt_tokens"]
+
+
+async def test_report_prompt_tokens_replaces_the_count(
+    fake: FakeProviderServer, http: aiohttp.ClientSession
+) -> None:
+    fake.update_config(report_prompt_tokens=300_000)
+
+    _, body, _ = await chat(http, fake)
+
+    assert body["usage"]["prompt_tokens"] == 300_000
+    assert fake.stats.prompt_tokens_total == 300_000
+
+
+async def test_anthropic_messages_are_answered_in_anthropics_format(
+    fake: FakeProviderServer, http: aiohttp.ClientSession
+) -> None:
+    fake.update_config(
+        usage_breakdown={
+            "cache_read_tokens": 6,
+            "cache_creation_tokens": 5,
+            "cache_creation_1h_tokens": 2,
+        }
+    )
+    payload = {
+        "model": "claude-sonnet-4-5",
+        "system": "You are a helpful assistant.",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello, world!"}]}],
+        "max_tokens": 8,
+    }
+
+    async with http.post(f"{fake.root_url}/v1/messages", json=payload) as response:
+        status, body = response.status, await response.json()
+
+    assert status == 200
+    assert body["type"] == "message" and body["role"] == "assistant"
+    assert body["content"][0]["type"] == "text"
+    assert body["stop_reason"] == "max_tokens"  # 8 < the 10 it would say
+    usage = body["usage"]
+    assert usage["output_tokens"] == 8
+    assert usage["cache_read_input_tokens"] == 6 and usage["cache_creation_input_tokens"] == 5
+    assert usage["cache_creation"] == {
+        "ephemeral_5m_input_tokens": 3,
+        "ephemeral_1h_input_tokens": 2,
+    }
+    assert fake.stats.prompt_tokens_total == usage["input_tokens"] + 6 + 5  # input excludes cache
+
+
+async def test_anthropic_requests_without_max_tokens_are_refused(
+    fake: FakeProviderServer, http: aiohttp.ClientSession
+) -> None:
+    payload = {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]}
+
+    async with http.post(f"{fake.root_url}/v1/messages", json=payload) as response:
+        assert response.status == 400
+        assert "max_tokens" in (await response.json())["error"]["message"]
+
+
+async def test_gemini_generate_content_is_answered_in_geminis_format(
+    fake: FakeProviderServer, http: aiohttp.ClientSession
+) -> None:
+    fake.update_config(usage_breakdown={"cache_read_tokens": 3, "reasoning_tokens": 4})
+    payload = {
+        "contents": [{"role": "user", "parts": [{"text": "Hello, world!"}]}],
+        "generationConfig": {"maxOutputTokens": 20},
+    }
+    url = f"{fake.root_url}/v1beta/models/gemini-2.5-pro:generateContent"
+
+    async with http.post(url, json=payload) as response:
+        status, body = response.status, await response.json()
+
+    assert status == 200
+    assert body["candidates"][0]["content"]["parts"][0]["text"]
+    assert body["candidates"][0]["finishReason"] == "STOP"
+    metadata = body["usageMetadata"]
+    assert metadata["candidatesTokenCount"] == 10 and metadata["thoughtsTokenCount"] == 4
+    assert metadata["cachedContentTokenCount"] == 3
+    assert fake.stats.by_model["gemini-2.5-pro"] == 1
+
+
+async def test_azure_deployments_are_answered_in_openais_format(
+    fake: FakeProviderServer, http: aiohttp.ClientSession
+) -> None:
+    url = f"{fake.root_url}/openai/deployments/our-gpt4o/chat/completions?api-version=2024-10-21"
+
+    async with http.post(url, json={"messages": MESSAGES}) as response:
+        status, body = response.status, await response.json()
+
+    assert status == 200
+    assert body["model"] == "our-gpt4o"
+    assert body["object"] == "chat.completion"
+
+
+async def test_each_vendor_sends_the_api_key_in_its_own_header(http: aiohttp.ClientSession) -> None:
+    server = await start_fake_provider(FakeProviderConfig(api_key="sk-right"))
+    anthropic = {
+        "model": "claude",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 5,
+    }
+    gemini = {"contents": [{"parts": [{"text": "hi"}]}]}
+    try:
+        base = server.root_url
+        for url, payload, header in [
+            (f"{base}/v1/messages", anthropic, "x-api-key"),
+            (f"{base}/models/gemini-2.5-pro:generateContent", gemini, "x-goog-api-key"),
+            (f"{base}/openai/deployments/d/chat/completions", {"messages": MESSAGES}, "api-key"),
+        ]:
+            async with http.post(url, json=payload, headers={header: "sk-x"}) as wrong:
+                assert wrong.status == 401
+            async with http.post(url, json=payload, headers={header: "sk-right"}) as right:
+                assert right.status == 200, url
+    finally:
+        await server.stop()
+
+
+def test_an_unknown_or_negative_breakdown_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"usage_breakdown\.cached is unknown"):
+        FakeProviderConfig(usage_breakdown={"cached": 1})
+    with pytest.raises(ValueError, match="reasoning_tokens must be an integer"):
+        FakeProviderConfig(usage_breakdown={"reasoning_tokens": -1})
+    with pytest.raises(ValueError, match="report_prompt_tokens"):
+        FakeProviderConfig(report_prompt_tokens=0)

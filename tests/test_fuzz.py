@@ -469,19 +469,6 @@ def test_no_litellm_control_hides_in_a_message_part_or_call(
     assert message == f"{where}: not a field of this object"
 
 
-def test_the_jobs_metadata_is_never_handed_to_litellm() -> None:
-    """``metadata`` is also a litellm parameter (it reaches callbacks and loggers); the
-    job's own metadata is only echoed on events. The call is built from ``params``,
-    ``messages`` and the worker's settings alone: see ``JobRunner._call_and_settle``."""
-    from worker import job as job_module
-
-    source = Path(job_module.__file__).read_text()
-    call = source[source.index("self.provider.complete(") :]
-    call = call[: call.index(")\n")]
-    assert "metadata" not in call
-    assert "job.params.model_dump" in source
-
-
 def test_litellm_keeps_its_ssrf_guard_for_image_urls() -> None:
     """For providers that need image bytes, litellm downloads a job's image URL itself;
     its URL validation (no private, loopback or link-local addresses, every redirect

@@ -153,3 +153,16 @@ async def test_a_defect_answers_the_job_internal_error(rig: InProcess) -> None:
     assert outcome.event.error_type == "internal_error"
     state = await rig.ledger.state("alice")
     assert state is not None and state.snapshot.reserved_nanousd == 0
+
+
+async def test_a_response_without_usage_is_charged_its_reservation(rig: InProcess) -> None:
+    """Today such a call costs the user nothing; its real cost is unknown, so the
+    reservation, an upper bound of it, is charged."""
+    no_usage = answer()
+    rig.provider.handler = lambda call: type(no_usage)(no_usage.response, None, 1)
+    outcome = await rig.jobs.run(decoded("j1", max_tokens=16))
+    event = outcome.event
+    assert isinstance(event, CompletionSucceeded) and event.cost_basis == "reservation"
+    assert event.cost_nanousd > 0
+    assert event.cost_nanousd == await spent(rig.ledger, "alice")
+    assert event.usage.completion_tokens == 16  # the bound it was charged at

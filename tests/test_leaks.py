@@ -34,7 +34,8 @@ from worker.dev.servers import EmbeddedRedis, free_port
 from worker.errors import ConfigError, PermanentProviderError
 from worker.ledger import Budget, Ledger
 from worker.models import load_models
-from worker.provider import Provider, cost_map_price
+from worker.pricebook import price_of
+from worker.provider import Provider
 from worker.settings import Settings, load_settings
 
 pytestmark = pytest.mark.timeout(150)
@@ -387,7 +388,7 @@ async def test_a_prompt_quoted_cut_short_or_escaped_is_redacted_too(
 ) -> None:
     """Replacing the prompt verbatim is not enough: a provider may quote the first
     characters of it, or its JSON form (other quotes, ``\\u00e9`` for ``é``)."""
-    models = load_models(provider.models_file(tmp_path), {}, cost_map_price)
+    models = load_models(provider.models_file(tmp_path), {}, price_of)
     entry = models.get(mode)
     assert entry is not None
     caller = Provider(timeout_s=5, max_retries=0, backoff_s=0, backoff_max_s=0)

@@ -206,7 +206,7 @@ async def test_dev_refuses_a_models_file_that_does_not_exist() -> None:
 
 def test_the_exports_are_quoted_for_a_shell_and_the_models_load(tmp_path: Path) -> None:
     from worker.models import load_models
-    from worker.provider import cost_map_price
+    from worker.pricebook import price_of
 
     system = LocalSystem(
         kafka_bootstrap="127.0.0.1:1234",
@@ -222,4 +222,4 @@ def test_the_exports_are_quoted_for_a_shell_and_the_models_load(tmp_path: Path) 
     assert "export BW_KAFKA_BOOTSTRAP=127.0.0.1:1234" in lines
     path = tmp_path / "models.yaml"
     path.write_text(models_yaml("http://127.0.0.1:9/v1"))
-    assert load_models(path, {}, cost_map_price).names() == ["gpt-4o-mini", "fake"]
+    assert load_models(path, {}, price_of).names() == ["gpt-4o-mini", "fake"]

@@ -7,23 +7,21 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from worker.errors import ConfigError
 from worker.models import ModelList, load_models, tokenizer_family
+from worker.pricebook import cost_map_price, price_of
 from worker.prices import ModelPrice
-from worker.provider import cost_map_price
 
 DATA = Path(__file__).parent / "data"
 ENV = {"BW_TEST_FAKE_API_BASE": "http://127.0.0.1:9/v1"}
-GPT_4O_MINI = ModelPrice(Decimal("0.00000015"), Decimal("0.0000006"))
-
-
-def no_prices(model: str) -> ModelPrice | None:
-    return None
+GPT_4O_MINI = cost_map_price("openai/gpt-4o-mini")
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -33,11 +31,11 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def load_text(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> ModelList:
-    return load_models(write(tmp_path, text), environ or {}, cost_map_price)
+    return load_models(write(tmp_path, text), environ or {}, price_of)
 
 
 def test_the_test_model_list_loads_with_prices_from_map_and_model_info() -> None:
-    models = load_models(DATA / "models.yaml", ENV, cost_map_price)
+    models = load_models(DATA / "models.yaml", ENV, price_of)
 
     assert len(models) == 2
     assert models.names() == ["gpt-4o-mini", "fake-model"]
@@ -50,6 +48,11 @@ def test_the_test_model_list_loads_with_prices_from_map_and_model_info() -> None
         "api_key": "sk-fake",
     }
     assert mini.price == GPT_4O_MINI
+    assert GPT_4O_MINI is not None
+    assert (GPT_4O_MINI.input_usd_per_token, GPT_4O_MINI.output_usd_per_token) == (
+        Decimal("0.00000015"),
+        Decimal("0.0000006"),
+    )
     assert mini.max_output_tokens is None
     assert mini.tokenizer_family == "openai"
     fake = models.get("fake-model")
@@ -60,7 +63,7 @@ def test_the_test_model_list_loads_with_prices_from_map_and_model_info() -> None
 
 
 def test_unknown_model_name_is_none() -> None:
-    models = load_models(DATA / "models.yaml", ENV, cost_map_price)
+    models = load_models(DATA / "models.yaml", ENV, price_of)
 
     assert models.get("gpt-5-ultra") is None
     assert "gpt-5-ultra" not in models
@@ -70,13 +73,14 @@ def test_unknown_model_name_is_none() -> None:
 def test_the_deploy_example_loads_when_its_key_is_set() -> None:
     example = Path(__file__).parent.parent / "deploy" / "models.example.yaml"
 
-    models = load_models(example, {"OPENAI_API_KEY": "sk-example"}, cost_map_price)
+    models = load_models(example, {"OPENAI_API_KEY": "sk-example"}, price_of)
 
     assert models.names() == ["gpt-4o-mini", "gpt-4o-mini-contract", "fake"]
     contract = models.get("gpt-4o-mini-contract")
     assert contract is not None
     assert contract.litellm_params["api_key"] == "sk-example"
-    assert contract.price == ModelPrice(Decimal("0.00000012"), Decimal("0.00000048"))
+    assert contract.price.input_usd_per_token == Decimal("0.00000012")
+    assert contract.price.output_usd_per_token == Decimal("0.00000048")
 
 
 def test_env_references_are_resolved_from_the_given_mapping(tmp_path: Path) -> None:
@@ -120,14 +124,14 @@ def test_missing_file_is_a_config_error_with_its_path(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
 
     with pytest.raises(ConfigError, match="not found") as caught:
-        load_models(path, {}, cost_map_price)
+        load_models(path, {}, price_of)
 
     assert str(path) in str(caught.value)
 
 
 def test_unreadable_file_is_a_config_error_with_its_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read") as caught:
-        load_models(tmp_path, {}, cost_map_price)  # a directory
+        load_models(tmp_path, {}, price_of)  # a directory
 
     assert str(tmp_path) in str(caught.value)
 
@@ -137,7 +141,7 @@ def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
     path.write_bytes(b"model_list:\n  - model_name: \xff\xfe\n")
 
     with pytest.raises(ConfigError, match="cannot read"):
-        load_models(path, {}, cost_map_price)
+        load_models(path, {}, price_of)
 
 
 def test_bad_yaml_reports_the_line(tmp_path: Path) -> None:
@@ -158,7 +162,7 @@ def test_bad_yaml_line_number_is_the_offending_line(tmp_path: Path) -> None:
     text = "model_list:\n  - model_name: a\n    litellm_params: {model: x\n  bad: : :\n"
 
     with pytest.raises(ConfigError, match="line 4"):
-        load_models(write(tmp_path, text), {}, cost_map_price)
+        load_models(write(tmp_path, text), {}, price_of)
 
 
 @pytest.mark.parametrize("text", ["models:\n  - model_name: a\n", "", "- just a list\n"])
@@ -285,25 +289,52 @@ def test_model_info_prices_override_the_cost_map_one_by_one(tmp_path: Path) -> N
     )
 
     both, input_only = models.get("both"), models.get("input-only")
-    assert both is not None and input_only is not None
-    assert both.price == ModelPrice(Decimal("0.000002"), Decimal("0.000003"))
-    assert input_only.price == ModelPrice(Decimal("0.000002"), GPT_4O_MINI.output_usd_per_token)
+    assert both is not None and input_only is not None and GPT_4O_MINI is not None
+    assert both.price.input_usd_per_token == Decimal("0.000002")
+    assert both.price.output_usd_per_token == Decimal("0.000003")
+    assert input_only.price.input_usd_per_token == Decimal("0.000002")
+    assert input_only.price.output_usd_per_token == GPT_4O_MINI.output_usd_per_token
+    # The rest of the cost map's entry still applies (cached input at its own rate).
+    assert input_only.price.cache_read_usd_per_token == GPT_4O_MINI.cache_read_usd_per_token
 
 
-def test_price_lookup_is_asked_for_the_litellm_model(tmp_path: Path) -> None:
-    asked: list[str] = []
+def test_price_resolver_is_given_the_resolved_params_and_model_info(tmp_path: Path) -> None:
+    asked: list[tuple[dict[str, object], dict[str, object]]] = []
+    price = ModelPrice(Decimal("0.000001"), Decimal("0.000002"))
 
-    def lookup(model: str) -> ModelPrice | None:
-        asked.append(model)
-        return GPT_4O_MINI
+    def resolver(params: Mapping[str, Any], info: Mapping[str, Any]) -> ModelPrice:
+        asked.append((dict(params), dict(info)))
+        return price
 
-    load_models(
-        write(tmp_path, "model_list:\n  - model_name: m\n    litellm_params: {model: x/y}\n"),
-        {},
-        lookup,
+    models = load_models(
+        write(
+            tmp_path,
+            """
+            model_list:
+              - model_name: m
+                litellm_params: {model: x/y, api_key: os.environ/K}
+                model_info: {base_model: azure/gpt-4o, max_output_tokens: 9}
+            """,
+        ),
+        {"K": "sk-k"},
+        resolver,
     )
 
-    assert asked == ["x/y"]
+    info = {"base_model": "azure/gpt-4o", "max_output_tokens": 9}
+    assert asked == [({"model": "x/y", "api_key": "sk-k"}, info)]
+    entry = models.get("m")
+    assert entry is not None and entry.price is price
+
+
+def test_a_resolver_refusal_names_the_file_and_the_model(tmp_path: Path) -> None:
+    def resolver(params: Mapping[str, Any], info: Mapping[str, Any]) -> ModelPrice:
+        raise ConfigError("model 'x/y': priced per second")
+
+    path = write(tmp_path, "model_list:\n  - model_name: mine\n    litellm_params: {model: x/y}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_models(path, {}, resolver)
+
+    assert str(caught.value) == f"{path}: model 'mine': model 'x/y': priced per second"
 
 
 def test_max_output_tokens_must_be_a_positive_integer(tmp_path: Path) -> None:
@@ -365,18 +396,6 @@ def test_tokenizer_family_follows_the_provider_and_name(model: str, family: str)
     assert tokenizer_family(model) == family
 
 
-def test_cost_map_price_reads_litellms_bundled_map_exactly() -> None:
-    assert os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
-    assert cost_map_price("gpt-4o-mini") == GPT_4O_MINI
-    assert cost_map_price("openai/gpt-4o-mini") == GPT_4O_MINI
-
-
-def test_cost_map_price_is_none_for_unknown_or_foreign_models() -> None:
-    assert cost_map_price("openai/no-such-model") is None
-    assert cost_map_price("hosted_vllm/gpt-4o-mini") is None  # same name, other server
-    assert cost_map_price("sample_spec") is None
-
-
 def test_importing_the_provider_reaches_no_network(tmp_path: Path) -> None:
     """In a fresh interpreter without the offline settings, with every socket lookup and
     connect recorded and refused: the cost map and tiktoken still load."""
@@ -397,10 +416,11 @@ def test_importing_the_provider_reaches_no_network(tmp_path: Path) -> None:
 
         import os
         import worker.provider as provider
+        import worker.pricebook as pricebook
         import tiktoken
 
         assert os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
-        assert provider.cost_map_price("gpt-4o-mini") is not None
+        assert pricebook.cost_map_price("gpt-4o-mini") is not None
         assert len(tiktoken.get_encoding("o200k_base").encode("hello world")) == 2
         assert len(tiktoken.get_encoding("cl100k_base").encode("hello world")) == 2
         print("attempts", attempts)

@@ -18,12 +18,12 @@ from aiohttp import web
 from worker.dev.fake_provider import FakeProviderConfig, FakeProviderServer, start_fake_provider
 from worker.errors import PermanentProviderError, ProviderError, RetryableProviderError
 from worker.models import ModelEntry, load_models
-from worker.prices import ModelPrice
+from worker.pricebook import price_of
+from worker.prices import TokenUsage
 from worker.provider import (
     Completion,
     Provider,
     attempts_of,
-    cost_map_price,
     litellm,  # imported through worker.provider, which keeps it offline
     redact,
     translate_error,
@@ -44,7 +44,7 @@ async def fake() -> AsyncIterator[FakeProviderServer]:
 
 
 def entry_for(url: str, *, api_key: str = "sk-fake", name: str = "gpt-4o-mini") -> ModelEntry:
-    models = load_models(DATA / "models.yaml", {"BW_TEST_FAKE_API_BASE": url}, cost_map_price)
+    models = load_models(DATA / "models.yaml", {"BW_TEST_FAKE_API_BASE": url}, price_of)
     entry = models.get(name)
     assert entry is not None
     return ModelEntry(
@@ -102,13 +102,13 @@ async def test_cost_from_the_entry_price_matches_the_token_counts(
 ) -> None:
     entry = entry_for(fake.url)
     # gpt-4o-mini in litellm's map: 0.15 USD per 1M prompt tokens, 0.60 per 1M completion.
-    assert entry.price == ModelPrice(Decimal("0.00000015"), Decimal("0.0000006"))
+    assert entry.price.input_usd_per_token == Decimal("0.00000015")
+    assert entry.price.output_usd_per_token == Decimal("0.0000006")
 
     completion = await provider().complete(entry, PROMPT, {}, 7)
 
-    cost_nanousd = entry.price.cost_nanousd(
-        completion.prompt_tokens, completion.completion_tokens, round_up=False
-    )
+    assert completion.usage == TokenUsage(completion.prompt_tokens, completion.completion_tokens)
+    cost_nanousd = entry.price.cost_nanousd(completion.usage)
     assert cost_nanousd == completion.prompt_tokens * 150 + completion.completion_tokens * 600
 
 
@@ -311,14 +311,27 @@ async def test_an_error_in_before_retry_stops_the_call(fake: FakeProviderServer)
     assert fake.stats.requests_total == 1
 
 
-async def test_missing_usage_is_an_error_not_a_guess(fake: FakeProviderServer) -> None:
+async def test_missing_usage_is_reported_as_none_not_guessed(fake: FakeProviderServer) -> None:
     fake.update_config(omit_usage=True)
 
-    with pytest.raises(PermanentProviderError) as caught:
-        await provider().complete(entry_for(fake.url), PROMPT, {}, 5)
+    completion = await provider().complete(entry_for(fake.url), PROMPT, {}, 5)
 
-    assert caught.value.error_type == "no_usage"
-    assert attempts_of(caught.value) == 1
+    assert completion.usage is None
+    assert completion.prompt_tokens == completion.completion_tokens == 0
+    assert completion.attempts == 1
+
+
+async def test_cached_and_reasoning_tokens_reach_the_completions_usage(
+    fake: FakeProviderServer,
+) -> None:
+    fake.update_config(usage_breakdown={"cache_read_tokens": 8, "reasoning_tokens": 3})
+
+    completion = await provider().complete(entry_for(fake.url), PROMPT, {}, 20)
+
+    assert completion.usage is not None
+    assert completion.usage.cache_read_tokens == 8
+    assert completion.usage.reasoning_tokens == 3
+    assert completion.completion_tokens == 12 + 3  # the reply's 12, reasoning on top
 
 
 @pytest.mark.parametrize(

@@ -337,14 +337,16 @@ async def test_the_worker_refuses_to_start_with_credentials_redis_rejects(
     from worker.service import serve
 
     wrong = "not-the-password-77c"
+    topics = Topics.fresh(kafka)
     settings = Settings(
         kafka_bootstrap=kafka.bootstrap,
         redis_url=acl_redis.url(WORKER_USER, wrong),
         redis_timeout_s=1,
         models_file=write_models_file(tmp_path, "http://127.0.0.1:9/v1"),
-        jobs_topic=f"t.{uuid.uuid4().hex[:8]}",
+        jobs_topic=topics.jobs,
+        results_topic=topics.results,
+        dlq_topic=topics.dlq,
         metrics_port=0,
-        lease_ms=90_000,
     )
     stop = asyncio.Event()
     asyncio.get_running_loop().call_later(4, stop.set)

@@ -62,7 +62,9 @@ from worker.gate import LedgerGate
 from worker.leases import LeaseKeeper
 from worker.metrics import Metrics
 from worker.models import ModelEntry, ModelList, tokenizer_family
-from worker.provider import Completion, Provider, cost_map_price
+from worker.pricebook import cost_map_price
+from worker.prices import TokenUsage
+from worker.provider import Completion, Provider
 from worker.settings import Settings
 
 __all__ = [
@@ -307,7 +309,7 @@ class AsyncBudgetManager:
         bound = prompt_token_bound(
             texts, len(messages), framing=framing_for(entry.tokenizer_family)
         )
-        prompt_nanousd = entry.price.cost_nanousd(bound, 0, round_up=True)
+        prompt_nanousd = entry.price.bound_nanousd(bound, 0)
         spent = (await self._state(user)).snapshot.spent_nanousd
         return _usd(spent + prompt_nanousd)
 
@@ -336,7 +338,7 @@ class AsyncBudgetManager:
         if not await self.is_valid_user(user):
             raise UnknownUser(user)
         price = self._entry(usage.model, {}).price
-        cost = price.cost_nanousd(usage.prompt_tokens, usage.completion_tokens, round_up=False)
+        cost = price.cost_nanousd(TokenUsage(usage.prompt_tokens, usage.completion_tokens))
         await self.ledger.settle(
             user,
             f"compat-charge-{uuid.uuid4().hex}",

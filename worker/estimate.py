@@ -223,7 +223,7 @@ def priced(prompt_tokens_bound: int, max_output_tokens: int, n: int, price: Mode
         max_output_tokens=max_output_tokens,
         n=n,
         tokens=prompt_tokens_bound + completion_tokens,
-        cost_nanousd=price.cost_nanousd(prompt_tokens_bound, completion_tokens, round_up=True),
+        cost_nanousd=price.bound_nanousd(prompt_tokens_bound, completion_tokens),
     )
 
 

@@ -8,13 +8,16 @@ can serve both::
         litellm_params:                          # passed to litellm.acompletion as they are
           model: openai/gpt-4o-mini
           api_key: os.environ/OPENAI_API_KEY     # read from the environment at load time
-        model_info:                              # optional; overrides litellm's cost map
-          input_cost_per_token: 0.00000015
-          output_cost_per_token: 0.0000006
+        model_info:                              # optional
           max_output_tokens: 16384
+          # any price key of litellm's cost map, over the map's entry (null drops one):
+          cache_read_input_token_cost: 0.000000075
+          # base_model: azure/gpt-4o             # price a custom deployment name as this
 
 Prices come from litellm's bundled cost map unless ``model_info`` sets them; a model with
-neither is a configuration error, because the worker never calls a model it cannot price.
+neither, or one priced in a way the worker cannot reproduce exactly, is a configuration
+error, because the worker never calls a model it cannot price (``worker.pricebook``
+resolves and checks each price once, here, at start-up).
 Unlike the proxy, a ``model_name`` may appear once only (no load balancing), and the
 proxy's routing-only keys (``rpm``, ``tpm``, ``weight``, ``order``, ...) are ignored.
 """
@@ -24,17 +27,18 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, Literal
 
 import yaml
 
 from worker.errors import ConfigError
-from worker.prices import ModelPrice, to_price
+from worker.prices import ModelPrice
 
 TokenizerFamily = Literal["openai", "anthropic", "other"]
-PriceLookup = Callable[[str], ModelPrice | None]
+PriceResolver = Callable[[Mapping[str, Any], Mapping[str, Any]], ModelPrice]
+"""``(litellm_params, model_info) -> ModelPrice``, raising ``ConfigError`` when the model
+cannot be priced; the worker passes ``pricebook.price_of``."""
 
 ENV_REFERENCE_PREFIX: Final = "os.environ/"
 
@@ -52,7 +56,6 @@ _WORKER_PARAMS: Final = {
     "num_retries": "retries are set by BW_MODEL_MAX_RETRIES",
     "max_retries": "retries are set by BW_MODEL_MAX_RETRIES",
 }
-_PRICE_KEYS: Final = ("input_cost_per_token", "output_cost_per_token")
 
 _OPENAI_PROVIDERS: Final = frozenset({"", "openai", "azure", "text-completion-openai"})
 _OPENAI_NAME = re.compile(r"^(?:gpt-|chatgpt-|o\d|text-|davinci|babbage|ft:gpt-)")
@@ -114,12 +117,13 @@ def tokenizer_family(litellm_model: str) -> TokenizerFamily:
     return "other"
 
 
-def load_models(path: Path, environ: Mapping[str, str], price_lookup: PriceLookup) -> ModelList:
+def load_models(path: Path, environ: Mapping[str, str], price_of: PriceResolver) -> ModelList:
     """Read and check the model list at ``path``.
 
     ``os.environ/NAME`` values in ``litellm_params`` are resolved from ``environ``;
-    ``price_lookup`` prices models that ``model_info`` does not (the worker passes
-    ``provider.cost_map_price``). Raises ``ConfigError`` naming the file and what to fix.
+    ``price_of`` prices each entry from its resolved ``litellm_params`` and ``model_info``
+    (the worker passes ``pricebook.price_of``). Raises ``ConfigError`` naming the file and
+    what to fix.
     """
     document = _read_yaml(path)
     if not isinstance(document, Mapping) or "model_list" not in document:
@@ -134,7 +138,7 @@ def load_models(path: Path, environ: Mapping[str, str], price_lookup: PriceLooku
     entries: list[ModelEntry] = []
     first_seen: dict[str, int] = {}
     for number, raw in enumerate(raw_entries, start=1):
-        entry = _entry(path, number, raw, environ, price_lookup)
+        entry = _entry(path, number, raw, environ, price_of)
         if entry.name in first_seen:
             raise ConfigError(
                 f"{path}: model_name {entry.name!r} appears twice (entries {first_seen[entry.name]}"
@@ -170,7 +174,7 @@ def _entry(
     number: int,
     raw: Any,
     environ: Mapping[str, str],
-    price_lookup: PriceLookup,
+    price_of: PriceResolver,
 ) -> ModelEntry:
     where = f"{path}: model_list entry {number}"
     if not isinstance(raw, Mapping):
@@ -211,7 +215,7 @@ def _entry(
     return ModelEntry(
         name=name,
         litellm_params=params,
-        price=_price(where, litellm_model, info, price_lookup),
+        price=_price(where, params, info, price_of),
         max_output_tokens=_max_output_tokens(where, info),
         tokenizer_family=tokenizer_family(litellm_model),
     )
@@ -236,35 +240,12 @@ def _resolve(value: Any, key: str, where: str, environ: Mapping[str, str]) -> An
 
 
 def _price(
-    where: str, litellm_model: str, info: Mapping[str, Any], price_lookup: PriceLookup
+    where: str, params: Mapping[str, Any], info: Mapping[str, Any], price_of: PriceResolver
 ) -> ModelPrice:
-    """``model_info`` prices, each falling back to litellm's cost map."""
-    overrides = {key: _price_value(where, key, info[key]) for key in _PRICE_KEYS if key in info}
-    if len(overrides) == len(_PRICE_KEYS):
-        return ModelPrice(overrides[_PRICE_KEYS[0]], overrides[_PRICE_KEYS[1]])
-    mapped = price_lookup(litellm_model)
-    if mapped is None:
-        missing = [key for key in _PRICE_KEYS if key not in overrides]
-        raise ConfigError(
-            f"{where}: litellm's cost map has no price for {litellm_model!r}; add "
-            + " and ".join(f"model_info.{key}" for key in missing)
-            + " (USD per token, e.g. 0.00000015) to this entry"
-        )
-    return ModelPrice(
-        overrides.get(_PRICE_KEYS[0], mapped.input_usd_per_token),
-        overrides.get(_PRICE_KEYS[1], mapped.output_usd_per_token),
-    )
-
-
-def _price_value(where: str, key: str, value: Any) -> Decimal:
-    # YAML 1.1 reads 1e-07 (no dot) as a string, so numeric strings count as numbers.
-    problem = f"{where}: model_info.{key} must be a number >= 0 (USD per token), got {value!r}"
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ConfigError(problem)
     try:
-        return to_price(value.strip() if isinstance(value, str) else value)
-    except (ValueError, ArithmeticError):
-        raise ConfigError(problem) from None
+        return price_of(params, info)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _max_output_tokens(where: str, info: Mapping[str, Any]) -> int | None:

@@ -1,11 +1,10 @@
 """Model calls through ``litellm.acompletion``: timeouts, bounded retries, error translation.
 
-This is the only module that imports litellm. Importing it keeps litellm offline: the
-cost map is read from litellm's bundled copy and tiktoken from litellm's bundled BPE files
-(both set with ``setdefault`` before litellm is first imported, so an operator's explicit
-choice wins). litellm's own retries, Router, callbacks and debug banners are all off: the
-worker retries itself, so that it can extend its reservation's lease before each retry and
-report how many attempts a job took.
+This module and ``worker.pricebook`` (prices and usage) are the only ones that import
+litellm, both after ``worker.offline``: the cost map is read from litellm's bundled copy and
+tiktoken from litellm's bundled BPE files. litellm's own retries, Router, callbacks and
+debug banners are all off: the worker retries itself, so that it can extend its
+reservation's lease before each retry and report how many attempts a job took.
 
 litellm exceptions are translated here, once, into ``worker.errors``; the translated
 message is built from the exception's class, status code and a short, redacted provider
@@ -16,10 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import math
-import os
 import random
 import re
 import warnings
@@ -27,36 +24,18 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from worker import offline  # noqa: F401  (first: it keeps litellm offline)
 from worker.errors import PermanentProviderError, ProviderError, RetryableProviderError
-from worker.prices import ModelPrice, to_price
+from worker.pricebook import usage_of
+from worker.prices import TokenUsage
 
-if TYPE_CHECKING:
-    from worker.models import ModelEntry
-    from worker.settings import Settings
+# isort: split
 
-
-def _bundled_tokenizers_dir() -> str | None:
-    """litellm's copy of tiktoken's BPE files, found without importing litellm."""
-    spec = importlib.util.find_spec("litellm")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    root = Path(next(iter(spec.submodule_search_locations)))
-    return str(root / "litellm_core_utils" / "tokenizers")
-
-
-# Both must be in place before litellm's first import: it fetches the cost map from GitHub
-# at import time, and tiktoken downloads encodings on first use, unless told otherwise.
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-_tokenizers_dir = _bundled_tokenizers_dir()
-if _tokenizers_dir is not None:
-    os.environ.setdefault("TIKTOKEN_CACHE_DIR", _tokenizers_dir)
-
-import litellm  # noqa: E402
-import openai  # noqa: E402  (litellm's dependency; its connection/timeout errors are chained)
-from litellm.exceptions import (  # noqa: E402
+import litellm
+import openai  # litellm's dependency; its connection/timeout errors are chained
+from litellm.exceptions import (
     APIConnectionError,
     APIError,
     AuthenticationError,
@@ -70,6 +49,10 @@ from litellm.exceptions import (  # noqa: E402
     ServiceUnavailableError,
     Timeout,
 )
+
+if TYPE_CHECKING:
+    from worker.models import ModelEntry
+    from worker.settings import Settings
 
 litellm.suppress_debug_info = True
 litellm.telemetry = False
@@ -106,53 +89,31 @@ before sleeping ``delay_s`` and trying again."""
 
 _MESSAGE_MAX_CHARS = 300
 _DEADLINE_GRACE_S = 1.0
-_COST_MAP_SKIP = frozenset({"sample_spec"})
 
 
 @dataclass(frozen=True, slots=True)
 class Completion:
     """A successful call: the OpenAI-format chat completion as a plain dict, the provider's
-    own token counts (the actual cost is computed from these, never guessed) and how many
-    attempts it took."""
+    own usage (the actual cost is computed from it, never guessed; None when the response
+    reports none) and how many attempts it took."""
 
     response: dict[str, Any]
-    prompt_tokens: int
-    completion_tokens: int
+    usage: TokenUsage | None
     attempts: int
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The usage's prompt tokens; 0 when the response reports no usage."""
+        return self.usage.prompt_tokens if self.usage is not None else 0
+
+    @property
+    def completion_tokens(self) -> int:
+        """The usage's completion tokens; 0 when the response reports no usage."""
+        return self.usage.completion_tokens if self.usage is not None else 0
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
-
-
-def cost_map_price(litellm_model: str) -> ModelPrice | None:
-    """The price of ``litellm_model`` in litellm's bundled cost map, or None.
-
-    ``provider/name`` is looked up as given, then as ``name`` when that entry belongs to the
-    same provider (``openai/gpt-4o-mini`` -> ``gpt-4o-mini``); an OpenAI-compatible server
-    under another prefix is never priced as OpenAI's model of the same name.
-    """
-    cost_map: Mapping[str, Any] = litellm.model_cost
-    info = None if litellm_model in _COST_MAP_SKIP else cost_map.get(litellm_model)
-    if info is None and "/" in litellm_model:
-        provider, _, name = litellm_model.partition("/")
-        candidate = cost_map.get(name)
-        if isinstance(candidate, Mapping) and candidate.get("litellm_provider") == provider:
-            info = candidate
-    if not isinstance(info, Mapping):
-        return None
-    input_cost = info.get("input_cost_per_token")
-    output_cost = info.get("output_cost_per_token")
-    if not isinstance(input_cost, int | float | str) or not isinstance(
-        output_cost, int | float | str
-    ):
-        return None
-    if isinstance(input_cost, bool) or isinstance(output_cost, bool):
-        return None
-    try:
-        return ModelPrice(to_price(input_cost), to_price(output_cost))
-    except (ValueError, ArithmeticError):
-        return None
 
 
 class Provider:
@@ -253,28 +214,9 @@ class Provider:
 
 
 def _completion(response: Any, attempts: int) -> Completion:
-    """The plain-dict completion and its usage. litellm fills an absent ``usage`` with
-    zeros, so zero prompt tokens is read as absent: no chat request has an empty prompt."""
-    usage = getattr(response, "usage", None)
-    prompt_tokens = getattr(usage, "prompt_tokens", None)
-    completion_tokens = getattr(usage, "completion_tokens", None)
-    if (
-        not isinstance(prompt_tokens, int)
-        or not isinstance(completion_tokens, int)
-        or prompt_tokens <= 0
-        or completion_tokens < 0
-    ):
-        error = PermanentProviderError(
-            "no_usage", "the provider's response carries no token usage; its cost is unknown"
-        )
-        error.attempts = attempts  # type: ignore[attr-defined]
-        raise error
-    return Completion(
-        response=response.model_dump(),
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        attempts=attempts,
-    )
+    """The plain-dict completion and its usage (``pricebook.usage_of``: None when the
+    response carries none, which the job path settles at the reservation)."""
+    return Completion(response=response.model_dump(), usage=usage_of(response), attempts=attempts)
 
 
 # --- Error translation ------------------------------------------------------------------

@@ -18,7 +18,8 @@ from worker.job import JobPath
 from worker.leases import LeaseKeeper
 from worker.metrics import HealthServer, Metrics
 from worker.models import ModelList, load_models
-from worker.provider import Provider, cost_map_price
+from worker.pricebook import price_of
+from worker.provider import Provider
 from worker.publisher import KafkaPublisher
 from worker.settings import Settings
 from worker.spend import SpendPath
@@ -30,7 +31,7 @@ log = logging.getLogger("budget_worker")
 def model_list(settings: Settings, environ: Mapping[str, str]) -> ModelList:
     if settings.models_file is None:
         raise ConfigError("BW_MODELS_FILE is not set: the worker needs a model list")
-    return load_models(settings.models_file, environ, cost_map_price)
+    return load_models(settings.models_file, environ, price_of)
 
 
 async def serve(

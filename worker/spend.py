@@ -341,10 +341,19 @@ class SpendPath:
         return round(elapsed_s * 1000, 1)
 
     def _charge(self, completion: Completion, estimate: Estimate, entry: ModelEntry) -> Charge:
-        cost = entry.price.cost_nanousd(
-            completion.prompt_tokens, completion.completion_tokens, round_up=False
-        )
-        return Charge(cost, completion.prompt_tokens, completion.completion_tokens, "usage")
+        """The provider's reported usage at the model's price; with no usage reported, the
+        cost is unknown and the reservation (an upper bound of it) is charged."""
+        usage = completion.usage
+        if usage is None:
+            completion_tokens = estimate.max_output_tokens * estimate.n
+            return Charge(
+                estimate.cost_nanousd,
+                estimate.prompt_tokens_bound,
+                completion_tokens,
+                "reservation",
+            )
+        cost = entry.price.cost_nanousd(usage)
+        return Charge(cost, usage.prompt_tokens, usage.completion_tokens, "usage")
 
     def _count_retry(self, entry: ModelEntry) -> Callable[[int, float], Awaitable[None]]:
         async def count(attempt: int, delay_s: float) -> None:

@@ -677,9 +677,10 @@ def _model_and_provider(
     """The model as the workers will load it (a bad name or a missing price fails here,
     before any worker starts) and a provider for the check-then-spend half."""
     from worker.models import load_models
-    from worker.provider import Provider, cost_map_price
+    from worker.pricebook import price_of
+    from worker.provider import Provider
 
-    entry = load_models(models_file, environ, cost_map_price).get(model)
+    entry = load_models(models_file, environ, price_of).get(model)
     assert entry is not None
     return entry, Provider(timeout_s=30, max_retries=2, backoff_s=0.2, backoff_max_s=2.0)
 
@@ -717,9 +718,8 @@ async def _check_then_spend(
         )
         manager.update_cost(row.user_id, cost, options.model)
         row.succeeded += 1
-        row.spent_nanousd += price.cost_nanousd(
-            completion.prompt_tokens, completion.completion_tokens, round_up=False
-        )
+        if completion.usage is not None:
+            row.spent_nanousd += price.cost_nanousd(completion.usage)
         progress.compare_outcomes["succeeded"] += 1
         return True
 

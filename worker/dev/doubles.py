@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.models import ModelEntry
+from worker.prices import TokenUsage
 from worker.provider import Completion
 
 
@@ -56,10 +57,7 @@ def answer(
         },
     }
     return Completion(
-        response=response,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        attempts=attempts,
+        response=response, usage=TokenUsage(prompt_tokens, completion_tokens), attempts=attempts
     )
 
 

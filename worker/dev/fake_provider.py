@@ -1,12 +1,19 @@
-"""An OpenAI-compatible chat completion server of our own, for tests, the demo and benchmarks.
+"""A chat completion server of our own, for tests, the demo and benchmarks.
 
-litellm reaches it over real HTTP (``api_base`` = its ``.url``), so every layer between the
-worker and a provider is exercised. Its usage numbers follow OpenAI's rules, so costs
-computed from them are the costs a real call of the same shape would report.
+litellm reaches it over real HTTP, so every layer between the worker and a provider is
+exercised: ``openai/`` and ``azure/`` models with ``api_base`` = its ``.url``, and
+``anthropic/`` and ``gemini/`` models with ``api_base`` = its ``.root_url``, each answered
+in that vendor's own format, so litellm parses a real Anthropic or Gemini body. Its usage
+numbers follow OpenAI's rules, so costs computed from them are the costs a real call of
+the same shape would report; ``usage_breakdown`` adds the cached, cache-written,
+reasoning and audio counts each vendor reports in its own way.
 
 Endpoints:
 
-    POST /v1/chat/completions, /chat/completions   a completion (``stream`` is refused)
+    POST /v1/chat/completions, /chat/completions   OpenAI chat (``stream`` is refused)
+    POST /openai/deployments/{name}/chat/completions   the same, as Azure OpenAI serves it
+    POST /v1/messages                               Anthropic's Messages API
+    POST /models/{model}:generateContent            Gemini (also under /v1beta)
     GET  /v1/models                                 the configured model ids
     GET  /stats                                     counters (see ``FakeProviderStats``)
     POST /stats/reset                               zero the counters
@@ -45,6 +52,7 @@ MAX_TOKENS_LIMIT = 1_000_000
 """Requests asking for more output tokens than this are answered 400, like a real provider."""
 
 CountTokens = Literal["exact", "fast"]
+Vendor = Literal["openai", "anthropic", "gemini"]
 
 
 @dataclass(slots=True)
@@ -56,8 +64,16 @@ class FakeProviderConfig:
     ``rate_429 + error_rate`` a 500. Latency applies to every valid request, errors included.
     ``output_tokens`` is the natural length of a reply; a smaller ``max_tokens`` caps it.
     ``omit_usage`` leaves ``usage`` out of replies. When ``api_key`` is set, requests must
-    send it as a Bearer token; others get a 401 that echoes the key they sent, unmasked,
-    the way a careless provider might, so tests can check that error messages are redacted.
+    send it (as a Bearer token, or in the header the vendor uses); others get a 401 that
+    echoes the key they sent, unmasked, the way a careless provider might, so tests can
+    check that error messages are redacted.
+
+    ``usage_breakdown`` sets the parts of each reply's usage with rates of their own,
+    in tokens (``cache_read_tokens``, ``cache_creation_tokens``, ``cache_creation_1h_tokens``
+    and ``audio_prompt_tokens`` of the prompt; ``reasoning_tokens``, added to the output
+    within ``max_tokens``, and ``audio_completion_tokens`` of it), each capped by what is
+    left; ``report_prompt_tokens`` replaces the counted prompt tokens (a 300k-token prompt
+    without sending one).
     """
 
     latency_s: float = 0.0
@@ -71,6 +87,8 @@ class FakeProviderConfig:
     omit_usage: bool = False
     api_key: str | None = None
     models: tuple[str, ...] = ("gpt-4o-mini", "gpt-4.1-mini", "gpt-3.5-turbo", "fake-model")
+    usage_breakdown: dict[str, int] = field(default_factory=dict)
+    report_prompt_tokens: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("latency_s", "latency_jitter_s", "retry_after_s"):
@@ -98,11 +116,38 @@ class FakeProviderConfig:
         if self.api_key is not None and not isinstance(self.api_key, str):
             raise ValueError("api_key must be a string or null")
         self.models = tuple(self.models)
+        if not isinstance(self.usage_breakdown, dict):
+            raise ValueError("usage_breakdown must be an object of token counts")
+        for key, value in self.usage_breakdown.items():
+            if key not in USAGE_BREAKDOWN_KEYS:
+                raise ValueError(
+                    f"usage_breakdown.{key} is unknown; use {', '.join(USAGE_BREAKDOWN_KEYS)}"
+                )
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"usage_breakdown.{key} must be an integer >= 0, got {value!r}")
+        self.usage_breakdown = dict(self.usage_breakdown)
+        report = self.report_prompt_tokens
+        if report is not None and (
+            not isinstance(report, int) or isinstance(report, bool) or report < 1
+        ):
+            raise ValueError(
+                f"report_prompt_tokens must be an integer >= 1 or null, got {report!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["models"] = list(self.models)
         return data
+
+
+USAGE_BREAKDOWN_KEYS: tuple[str, ...] = (
+    "cache_read_tokens",
+    "cache_creation_tokens",
+    "cache_creation_1h_tokens",
+    "audio_prompt_tokens",
+    "reasoning_tokens",
+    "audio_completion_tokens",
+)
 
 
 @dataclass(slots=True)
@@ -292,8 +337,8 @@ class _BadRequest(Exception):
         self.param = param
 
 
-def _max_tokens(body: dict[str, Any]) -> int | None:
-    for key in ("max_tokens", "max_completion_tokens"):
+def _max_tokens(body: dict[str, Any], keys: tuple[str, ...]) -> int | None:
+    for key in keys:
         value = body.get(key)
         if value is None:
             continue
@@ -309,10 +354,20 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
     return None
 
 
-def _validate(body: Any) -> tuple[str, list[dict[str, Any]], int | None, int]:
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A request, whatever its vendor's format: its messages as OpenAI's, for counting."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    max_tokens: int | None
+    n: int
+
+
+def _openai_call(body: Any, model: str | None = None) -> _Call:
     if not isinstance(body, dict):
         raise _BadRequest("The request body must be a JSON object.")
-    model = body.get("model")
+    model = model or body.get("model")
     if not isinstance(model, str) or not model:
         raise _BadRequest("you must provide a model parameter", "model")
     if body.get("stream"):
@@ -329,7 +384,158 @@ def _validate(body: Any) -> tuple[str, list[dict[str, Any]], int | None, int]:
         n = 1
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128:
         raise _BadRequest("n must be an integer between 1 and 128", "n")
-    return model, messages, _max_tokens(body), n
+    return _Call(model, messages, _max_tokens(body, ("max_tokens", "max_completion_tokens")), n)
+
+
+def _anthropic_call(body: Any) -> _Call:
+    if not isinstance(body, dict):
+        raise _BadRequest("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _BadRequest("model: Field required", "model")
+    if body.get("stream"):
+        raise _BadRequest("stream is not supported by this server", "stream")
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw or not all(isinstance(m, dict) for m in raw):
+        raise _BadRequest("messages: must be a non-empty list of objects", "messages")
+    max_tokens = _max_tokens(body, ("max_tokens",))
+    if max_tokens is None:
+        raise _BadRequest("max_tokens: Field required", "max_tokens")
+    messages = [{"role": m.get("role", "user"), "content": m.get("content", "")} for m in raw]
+    system = body.get("system")
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    return _Call(model, messages, max_tokens, 1)
+
+
+def _gemini_call(body: Any, model: str) -> _Call:
+    if not isinstance(body, dict):
+        raise _BadRequest("The request body must be a JSON object.")
+    contents = body.get("contents")
+    if not isinstance(contents, list) or not contents:
+        raise _BadRequest("contents is not specified", "contents")
+    messages: list[dict[str, Any]] = []
+    system = body.get("systemInstruction") or body.get("system_instruction")
+    for item in ([system] if isinstance(system, dict) else []) + contents:
+        if not isinstance(item, dict):
+            raise _BadRequest("contents must be a list of objects", "contents")
+        parts = item.get("parts")
+        if not isinstance(parts, list):
+            parts = []
+        text = "".join(str(p.get("text", "")) for p in parts if isinstance(p, dict))
+        messages.append({"role": str(item.get("role", "user")), "content": text})
+    config = body.get("generationConfig") or body.get("generation_config") or {}
+    keys = ("maxOutputTokens", "max_output_tokens")
+    max_tokens = _max_tokens(config, keys) if isinstance(config, dict) else None
+    return _Call(model, messages, max_tokens, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Usage:
+    """One reply's token counts, the breakdown applied (see ``FakeProviderConfig``)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cache_creation_1h_tokens: int = 0
+    audio_prompt_tokens: int = 0
+    reasoning_tokens: int = 0
+    audio_completion_tokens: int = 0
+
+
+def _usage(
+    config: FakeProviderConfig, prompt_tokens: int, content_tokens: int, cap: int | None
+) -> _Usage:
+    """Counts for a reply of ``content_tokens`` visible output tokens; reasoning comes on
+    top, within ``cap`` (``max_tokens`` times ``n``), as a reasoning model's does."""
+    wanted = config.usage_breakdown
+    left = prompt_tokens
+    cached = min(wanted.get("cache_read_tokens", 0), left)
+    left -= cached
+    written = min(wanted.get("cache_creation_tokens", 0), left)
+    left -= written
+    written_1h = min(wanted.get("cache_creation_1h_tokens", 0), written)
+    audio_in = min(wanted.get("audio_prompt_tokens", 0), left)
+    reasoning = wanted.get("reasoning_tokens", 0)
+    if cap is not None:
+        reasoning = min(reasoning, max(cap - content_tokens, 0))
+    audio_out = min(wanted.get("audio_completion_tokens", 0), content_tokens)
+    return _Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=content_tokens + reasoning,
+        cache_read_tokens=cached,
+        cache_creation_tokens=written,
+        cache_creation_1h_tokens=written_1h,
+        audio_prompt_tokens=audio_in,
+        reasoning_tokens=reasoning,
+        audio_completion_tokens=audio_out,
+    )
+
+
+def _openai_usage(usage: _Usage) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
+    prompt_details = {
+        key: value
+        for key, value in (
+            ("cached_tokens", usage.cache_read_tokens),
+            ("cache_write_tokens", usage.cache_creation_tokens),
+            ("audio_tokens", usage.audio_prompt_tokens),
+        )
+        if value
+    }
+    completion_details = {
+        key: value
+        for key, value in (
+            ("reasoning_tokens", usage.reasoning_tokens),
+            ("audio_tokens", usage.audio_completion_tokens),
+        )
+        if value
+    }
+    if prompt_details:
+        body["prompt_tokens_details"] = prompt_details
+    if completion_details:
+        body["completion_tokens_details"] = completion_details
+    return body
+
+
+def _anthropic_usage(usage: _Usage) -> dict[str, Any]:
+    """Anthropic's usage: ``input_tokens`` excludes cache reads and writes."""
+    written = usage.cache_creation_tokens
+    return {
+        "input_tokens": usage.prompt_tokens - usage.cache_read_tokens - written,
+        "output_tokens": usage.completion_tokens,
+        "cache_read_input_tokens": usage.cache_read_tokens,
+        "cache_creation_input_tokens": written,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": written - usage.cache_creation_1h_tokens,
+            "ephemeral_1h_input_tokens": usage.cache_creation_1h_tokens,
+        },
+        "service_tier": "standard",
+    }
+
+
+def _gemini_usage(usage: _Usage) -> dict[str, Any]:
+    """Gemini's usageMetadata: thoughts apart from the candidates, modalities listed."""
+    text_in = usage.prompt_tokens - usage.audio_prompt_tokens
+    prompt_details = [{"modality": "TEXT", "tokenCount": text_in}]
+    if usage.audio_prompt_tokens:
+        prompt_details.append({"modality": "AUDIO", "tokenCount": usage.audio_prompt_tokens})
+    body: dict[str, Any] = {
+        "promptTokenCount": usage.prompt_tokens,
+        "candidatesTokenCount": usage.completion_tokens - usage.reasoning_tokens,
+        "totalTokenCount": usage.prompt_tokens + usage.completion_tokens,
+        "promptTokensDetails": prompt_details,
+    }
+    if usage.cache_read_tokens:
+        body["cachedContentTokenCount"] = usage.cache_read_tokens
+    if usage.reasoning_tokens:
+        body["thoughtsTokenCount"] = usage.reasoning_tokens
+    return body
 
 
 class _App:
@@ -348,10 +554,36 @@ class _App:
             stats.by_model[model] += 1
 
     async def chat_completions(self, request: web.Request) -> web.Response:
+        deployment = request.match_info.get("deployment")
+        return await self._serve(request, "openai", deployment)
+
+    async def messages(self, request: web.Request) -> web.Response:
+        return await self._serve(request, "anthropic", None)
+
+    async def generate_content(self, request: web.Request) -> web.Response:
+        model, _, action = request.match_info["model_action"].partition(":")
+        if action != "generateContent":
+            self._count(404, None)
+            return _error(404, f"unknown method {action!r}", "not_found")
+        return await self._serve(request, "gemini", model)
+
+    def _sent_key(self, request: web.Request, vendor: Vendor) -> str:
+        headers = request.headers
+        if vendor == "anthropic":
+            return headers.get("x-api-key", "")
+        if vendor == "gemini":
+            return headers.get("x-goog-api-key", request.query.get("key", ""))
+        if "api-key" in headers:  # Azure OpenAI
+            return headers["api-key"]
+        return headers.get("Authorization", "").removeprefix("Bearer ")
+
+    async def _serve(
+        self, request: web.Request, vendor: Vendor, path_model: str | None
+    ) -> web.Response:
         config = self.config
         self.stats.requests_received += 1
         if config.api_key is not None:
-            sent = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            sent = self._sent_key(request, vendor)
             if sent != config.api_key:
                 self._count(401, None)
                 return _error(
@@ -368,11 +600,17 @@ class _App:
             self._count(400, None)
             return _error(400, "The request body is not valid JSON.", "invalid_request_error")
         try:
-            model, messages, max_tokens, n = _validate(body)
+            if vendor == "anthropic":
+                call = _anthropic_call(body)
+            elif vendor == "gemini":
+                call = _gemini_call(body, path_model or "")
+            else:
+                call = _openai_call(body, path_model)
         except _BadRequest as exc:
             model_seen = body.get("model") if isinstance(body, dict) else None
             self._count(400, model_seen if isinstance(model_seen, str) else None)
             return _error(400, str(exc), "invalid_request_error", param=exc.param)
+        model = call.model
 
         delay_s = config.latency_s
         if config.latency_jitter_s:
@@ -399,15 +637,33 @@ class _App:
                     500, "The server had an error processing your request.", "server_error"
                 )
 
-        prompt_tokens = count_prompt_tokens(messages, model, config.count_tokens)
+        prompt_tokens = config.report_prompt_tokens or count_prompt_tokens(
+            call.messages, model, config.count_tokens
+        )
+        max_tokens = call.max_tokens
         per_choice = (
             config.output_tokens if max_tokens is None else min(max_tokens, config.output_tokens)
         )
-        finish_reason = (
-            "length" if max_tokens is not None and max_tokens < config.output_tokens else "stop"
-        )
+        truncated = max_tokens is not None and max_tokens < config.output_tokens
+        cap = None if max_tokens is None else max_tokens * call.n
+        usage = _usage(config, prompt_tokens, per_choice * call.n, cap)
         content = _content(per_choice)
-        completion_tokens = per_choice * n
+        if vendor == "anthropic":
+            payload = self._anthropic_reply(model, content, truncated, usage)
+        elif vendor == "gemini":
+            payload = self._gemini_reply(model, content, truncated, usage)
+        else:
+            payload = self._openai_reply(model, content, truncated, call.n, usage)
+        self._count(200, model)
+        stats = self.stats
+        stats.completions_succeeded += 1
+        stats.prompt_tokens_total += usage.prompt_tokens
+        stats.completion_tokens_total += usage.completion_tokens
+        return web.json_response(payload)
+
+    def _openai_reply(
+        self, model: str, content: str, truncated: bool, n: int, usage: _Usage
+    ) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -418,24 +674,49 @@ class _App:
                     "index": i,
                     "message": {"role": "assistant", "content": content},
                     "logprobs": None,
-                    "finish_reason": finish_reason,
+                    "finish_reason": "length" if truncated else "stop",
                 }
                 for i in range(n)
             ],
             "system_fingerprint": "fp_fake",
         }
-        if not config.omit_usage:
-            payload["usage"] = {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            }
-        self._count(200, model)
-        stats = self.stats
-        stats.completions_succeeded += 1
-        stats.prompt_tokens_total += prompt_tokens
-        stats.completion_tokens_total += completion_tokens
-        return web.json_response(payload)
+        if not self.config.omit_usage:
+            payload["usage"] = _openai_usage(usage)
+        return payload
+
+    def _anthropic_reply(
+        self, model: str, content: str, truncated: bool, usage: _Usage
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "id": f"msg_{uuid.uuid4().hex}",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": content}],
+            "stop_reason": "max_tokens" if truncated else "end_turn",
+            "stop_sequence": None,
+        }
+        if not self.config.omit_usage:
+            payload["usage"] = _anthropic_usage(usage)
+        return payload
+
+    def _gemini_reply(
+        self, model: str, content: str, truncated: bool, usage: _Usage
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "candidates": [
+                {
+                    "content": {"role": "model", "parts": [{"text": content}]},
+                    "finishReason": "MAX_TOKENS" if truncated else "STOP",
+                    "index": 0,
+                }
+            ],
+            "modelVersion": model,
+            "responseId": uuid.uuid4().hex,
+        }
+        if not self.config.omit_usage:
+            payload["usageMetadata"] = _gemini_usage(usage)
+        return payload
 
     async def models(self, request: web.Request) -> web.Response:
         data = [
@@ -479,6 +760,12 @@ class _App:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/chat/completions", self.chat_completions)
+        app.router.add_post(
+            "/openai/deployments/{deployment}/chat/completions", self.chat_completions
+        )
+        app.router.add_post("/v1/messages", self.messages)
+        app.router.add_post("/models/{model_action}", self.generate_content)
+        app.router.add_post("/v1beta/models/{model_action}", self.generate_content)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/stats", self.get_stats)
         app.router.add_post("/stats/reset", self.reset_stats)
@@ -487,7 +774,9 @@ class _App:
 
 
 class FakeProviderServer:
-    """A running fake provider. ``url`` is the base URL to give litellm as ``api_base``."""
+    """A running fake provider. ``url`` is the ``api_base`` to give litellm for ``openai/``
+    and ``azure/`` models, ``root_url`` the one for ``anthropic/`` and ``gemini/`` models
+    (litellm appends ``/v1/messages`` or ``/models/...`` itself)."""
 
     def __init__(self, app: _App, runner: web.AppRunner, host: str, port: int) -> None:
         self._app = app
@@ -495,6 +784,7 @@ class FakeProviderServer:
         self.host = host
         self.port = port
         self.url = f"http://{host}:{port}/v1"
+        self.root_url = f"http://{host}:{port}"
 
     @property
     def config(self) -> FakeProviderConfig:
