@@ -2,40 +2,38 @@
 
 Code written for ``litellm.BudgetManager`` runs with its import line changed::
 
-    from worker.compat import BudgetManager
+    from worker.compat import BudgetManager, completion   # was: from litellm import ...
 
 and its budgets then live in the ledger: durable, shared by every process that points
 at the same Redis, rolled over by the ledger itself, and the same budgets the worker
 enforces on jobs. Amounts are floats of USD at this API, as in ``BudgetManager``;
-inside they are integers of nano-USD.
+inside they are integers of nano-USD. What differs from LiteLLM, and why, is in
+``docs/contract.md`` ("The BudgetManager-compatible API") and ``docs/migration.md``.
 
-What changes underneath:
+**The safe path.** ``BudgetManager``'s own pattern (check ``get_current_cost`` against
+the budget, call the model, then ``update_cost``) overspends, by up to the cost of every
+call that passed the check at the same time. The safe path estimates an upper bound,
+reserves it atomically, calls, and settles the actual cost (or releases on error), so a
+budget is never spent past, however many processes share it (as far as the estimate
+bounds the call: ``docs/estimation.md``). It is reached two ways:
 
-- ``create_budget`` durations are rolling windows, as in ``BudgetManager`` (daily = 1
-  day, weekly = 7, monthly = 28, yearly = 365 days, litellm's own constants), counted
-  from when the budget is first created on the ledger's (Redis's) clock; without a
-  duration the budget is a lifetime cap. Changing a budget never forgives spend: the
-  current window's spend is kept (``reset_cost`` zeroes it).
-- ``reset_on_duration``, ``update_budget_all_users``, ``save_data`` and ``load_data``
-  have nothing left to do: windows roll over inside the ledger and every change is
-  already stored.
-- ``project_name``, ``client_type``, ``api_base`` and ``headers`` are accepted and
-  ignored: the store is always the ledger at ``redis_url`` (``BW_REDIS_URL``), and the
-  other ``BW_`` settings apply as in the worker (a ``BW_DEFAULT_BUDGET_USD`` budget is
-  given to a user's first safe call, ``BW_ADMISSION_POLICY`` may clamp ``max_tokens``).
+- ``budget_manager.completion(user, model, messages, ...)`` (``acompletion`` on
+  ``AsyncBudgetManager``);
+- the module's :func:`completion` (and :func:`acompletion`), stand-ins for litellm's,
+  so the notebook pattern needs only its import changed: they charge the user whose
+  budget the calling thread (or task) last checked with ``get_current_cost``,
+  ``get_total_budget`` or ``projected_cost``, and the ``update_cost`` that follows
+  records nothing more, since the call is already charged.
 
-``BudgetManager``'s own pattern (check ``get_current_cost`` against the budget, call the
-model, then ``update_cost``) still overspends, by up to the cost of every call that
-passed the check at the same time; ``update_cost`` records that spend faithfully, past
-the cap, as ``BudgetManager`` does. The safe path is ``completion`` / ``acompletion``:
-estimate an upper bound, reserve it atomically, call, settle the actual cost (or
-release on error). However many processes share a budget, it never spends past it
-(as far as the estimate bounds the call: ``docs/estimation.md``), and it raises
-:class:`BudgetExceeded` when the reservation is refused.
+Both raise :class:`BudgetExceeded` when the reservation is refused. Their admission
+policy is ``clamp`` unless ``BW_ADMISSION_POLICY`` says otherwise: a call without
+``max_tokens`` gets what the budget has left instead of being refused for the 1,024
+tokens of the default bound.
 
 ``AsyncBudgetManager`` is the API as coroutines; ``BudgetManager`` wraps it for
 synchronous code (and notebooks, whose event loop is already running) by running the
-coroutines on an event loop of its own, in a background thread.
+coroutines on an event loop of its own, in a background thread, and adds
+``user_dict``, a read-only view of the ledger.
 """
 
 from __future__ import annotations
@@ -43,38 +41,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import threading
 import uuid
 import weakref
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Iterator, Mapping
 from concurrent.futures import Future
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, NoReturn, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
 from schemas.jobs import CompletionJob, JobParams
 from schemas.money import nanousd_to_usd, usd_to_nanousd
 from worker import ledger, spend
-from worker.errors import BudgetWorkerError, ConfigError
+from worker.errors import BudgetWorkerError, ConfigError, LedgerUnavailable
 from worker.estimate import estimate, framing_for, prompt_token_bound
 from worker.gate import LedgerGate
 from worker.leases import LeaseKeeper
 from worker.metrics import Metrics
 from worker.models import ModelEntry, ModelList, tokenizer_family
-from worker.pricebook import cost_map_price
+from worker.pricebook import cost_map_price, usage_of
 from worker.prices import TokenUsage
 from worker.provider import Completion, Provider
-from worker.settings import Settings
+from worker.settings import AdmissionPolicy, Settings
 
 __all__ = [
+    "DEFAULT_ADMISSION_POLICY",
     "AsyncBudgetManager",
     "BudgetExceeded",
     "BudgetManager",
+    "BudgetRecord",
+    "ChargedCompletion",
     "Duration",
     "UnknownUser",
+    "UserDict",
+    "acompletion",
+    "completion",
 ]
 
+log = logging.getLogger("budget_worker.compat")
 T = TypeVar("T")
 Duration = Literal["daily", "weekly", "monthly", "yearly"]
 
@@ -82,6 +90,12 @@ DAYS: Final[dict[str, int]] = {"daily": 1, "weekly": 7, "monthly": 28, "yearly":
 """``BudgetManager``'s durations in days (litellm's ``DAYS_IN_A_WEEK``, ``..._MONTH``,
 ``..._YEAR``)."""
 _DAY_S: Final = 86_400
+
+DEFAULT_ADMISSION_POLICY: Final[AdmissionPolicy] = "clamp"
+"""The safe path's policy unless ``BW_ADMISSION_POLICY`` is set. A ``BudgetManager``
+user's calls rarely set ``max_tokens``, and the default bound (1,024 tokens) alone is
+more than a small budget (LiteLLM's example's USD 0.0002 holds 120 tokens of
+``gpt-3.5-turbo``): ``reject`` would refuse their first call."""
 
 # Arguments of ``completion`` that choose where and how litellm connects. They are the
 # caller's (trusted code), unlike a job's, which may only set ``JobParams``.
@@ -98,6 +112,23 @@ _CONNECTION_ARGS: Final = frozenset(
     }
 )
 _PARAM_ARGS: Final = frozenset(JobParams.model_fields)
+# The estimate reads a job's messages and params only; the ledger is told the user.
+_ESTIMATE_USER: Final = "compat"
+
+# The ledger refuses an empty user id; BudgetManager takes one like any other. "" is kept
+# as "\0" and every id that starts with "\0" gets one more, so no two ids meet. Jobs
+# cannot name either (their user ids have no control characters).
+_EMPTY_USER: Final = "\x00"
+
+
+def _ledger_user(user: str) -> str:
+    if user == "" or user.startswith(_EMPTY_USER):
+        return _EMPTY_USER + user
+    return user
+
+
+def _compat_user(name: str) -> str:
+    return name[1:] if name.startswith(_EMPTY_USER) else name
 
 
 class BudgetExceeded(BudgetWorkerError):
@@ -146,8 +177,143 @@ class UnknownUser(BudgetWorkerError, KeyError):
         return f"user {self.user!r} has no budget (create_budget first)"
 
 
+class ChargedCompletion(dict[str, Any]):
+    """A completion the safe path returned: the OpenAI-format chat completion (a plain
+    ``dict`` to read), already charged to ``user`` at ``cost_nanousd``. ``update_cost``
+    of it records nothing more."""
+
+    __slots__ = ("cost_nanousd", "job_id", "user")
+
+    def __init__(
+        self, response: Mapping[str, Any], *, user: str, job_id: str, cost_nanousd: int
+    ) -> None:
+        super().__init__(response)
+        self.user = user
+        self.job_id = job_id
+        self.cost_nanousd = cost_nanousd
+
+
+# --- records: what BudgetManager keeps per user --------------------------------------------
+
+_READ_ONLY: Final = "user_dict is a read-only view of the ledger"
+_ADVICE: Final = {
+    "total_budget": "to change a budget, call create_budget()",
+    "duration": "to change a budget, call create_budget()",
+    "created_at": (
+        "windows start on the ledger's clock and roll over by themselves (reset_on_duration "
+        "has nothing to do); to zero a user's spend now, call reset_cost(user)"
+    ),
+    "last_updated_at": (
+        "windows start on the ledger's clock and roll over by themselves (reset_on_duration "
+        "has nothing to do); to zero a user's spend now, call reset_cost(user)"
+    ),
+    "current_cost": "to charge a call, call update_cost(); to zero spend, call reset_cost(user)",
+    "model_cost": "to charge a call, call update_cost(); to zero spend, call reset_cost(user)",
+}
+
+
+def _refuse_change(key: object) -> NoReturn:
+    advice = _ADVICE.get(key, _ADVICE["model_cost"]) if isinstance(key, str) else None
+    if advice is None:
+        advice = "call create_budget(), update_cost() or reset_cost(user) instead"
+    raise TypeError(f"{_READ_ONLY}: {key!r} cannot be changed here; {advice}")
+
+
+class BudgetRecord(dict[str, Any]):
+    """One user as ``BudgetManager`` keeps them in ``user_dict``, read from the ledger.
+
+    Read-only: a change here would change nothing in the ledger, so it raises a
+    ``TypeError`` naming the method to call instead. ``copy.copy``, ``copy.deepcopy``,
+    ``dict(record)`` and ``json`` give plain dicts.
+    """
+
+    __slots__ = ("_field",)
+
+    def __init__(self, data: Mapping[str, Any], field: str | None = None) -> None:
+        super().__init__(data)
+        self._field = field
+
+    def _refuse(self, key: object = None) -> NoReturn:
+        _refuse_change(self._field if self._field is not None else key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._refuse(key)
+
+    def __delitem__(self, key: str) -> None:
+        self._refuse(key)
+
+    def __ior__(self, other: Any) -> NoReturn:  # type: ignore[misc]
+        self._refuse(next(iter(other), None))
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._refuse(next(iter(dict(*args, **kwargs)), None))
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self._refuse(key)
+
+    def popitem(self) -> tuple[str, Any]:
+        self._refuse()
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self._refuse(key)
+
+    def clear(self) -> None:
+        self._refuse()
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return (dict, (dict(self),))
+
+
 def _usd(nanousd: int) -> float:
     return nanousd_to_usd(nanousd)
+
+
+def _spent_usd(nanousd: int) -> float:
+    """Spend as ``BudgetManager`` reports it: the int ``0`` while nothing is spent (its
+    default), so ``f"${cost}"`` reads ``$0`` as it does there."""
+    return 0 if nanousd == 0 else nanousd_to_usd(nanousd)
+
+
+def _days(window_s: int) -> int | float:
+    """A window in days, as ``BudgetManager`` records ``duration`` (an int of days)."""
+    days, rest = divmod(window_s, _DAY_S)
+    return days if rest == 0 else window_s / _DAY_S
+
+
+def _record(state: ledger.BudgetState) -> dict[str, Any]:
+    """The user as ``BudgetManager`` keeps them: ``total_budget``, ``current_cost`` and
+    ``model_cost`` (both of the current window), and for a budget with a duration
+    ``duration`` (days), ``created_at`` and ``last_updated_at`` (seconds since the epoch,
+    on the ledger's clock). ``last_updated_at`` is when the current window started (when
+    ``BudgetManager`` last reset the spend); ``created_at`` is when the budget's windows
+    began, which the ledger's state does not yet tell apart from the current window's
+    start: the two are equal in the budget's first window, which is when
+    ``create_budget`` reports it."""
+    budget = state.budget
+    record: dict[str, Any] = {
+        "total_budget": _usd(budget.limit_nanousd),
+        "current_cost": _spent_usd(state.snapshot.spent_nanousd),
+        "model_cost": {m: _usd(n) for m, n in state.model_spend_nanousd.items()},
+    }
+    end_ms = state.snapshot.period_end_ms
+    if budget.period == "rolling" and budget.window_s is not None and end_ms is not None:
+        window_start_s = end_ms / 1000 - budget.window_s
+        record["duration"] = _days(budget.window_s)
+        record["created_at"] = window_start_s
+        record["last_updated_at"] = window_start_s
+    return record
+
+
+def _read_only(record: Mapping[str, Any]) -> BudgetRecord:
+    return BudgetRecord(
+        {
+            key: BudgetRecord(value, key) if isinstance(value, Mapping) else value
+            for key, value in record.items()
+        }
+    )
+
+
+# --- usage of a completion -------------------------------------------------------------------
 
 
 def _field(obj: Any, name: str) -> Any:
@@ -160,8 +326,20 @@ def _field(obj: Any, name: str) -> Any:
 @dataclass(frozen=True, slots=True)
 class _Usage:
     model: str
-    prompt_tokens: int
-    completion_tokens: int
+    tokens: TokenUsage
+    """Every kind of token the provider reported (cached, reasoning, ...), as priced."""
+    priced_as: str
+    """The model to price: ``model`` under the provider litellm recorded with the
+    response (``azure/gpt-35-turbo`` for Azure's ``gpt-35-turbo``), as litellm's
+    ``completion_cost`` looks it up."""
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.tokens.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.tokens.completion_tokens
 
 
 def _usage_of(completion_obj: Any) -> _Usage:
@@ -174,7 +352,74 @@ def _usage_of(completion_obj: Any) -> _Usage:
             "completion_obj must be a chat completion with 'model' and 'usage' "
             "(prompt_tokens, completion_tokens)"
         )
-    return _Usage(model, prompt, completion)
+    hidden = getattr(completion_obj, "_hidden_params", None)
+    provider = hidden.get("custom_llm_provider") if isinstance(hidden, Mapping) else None
+    priced_as = model
+    if isinstance(provider, str) and provider and not model.startswith(f"{provider}/"):
+        priced_as = f"{provider}/{model}"
+    tokens = usage_of(completion_obj) or TokenUsage(prompt, completion)
+    return _Usage(model, tokens, priced_as)
+
+
+# --- the user a thread last checked, for the module's completion() ----------------------------
+
+_checked: ContextVar[tuple[weakref.ref[Any], str] | None] = ContextVar(
+    "budget_worker_compat_checked", default=None
+)
+
+
+def _check(manager: BudgetManager | AsyncBudgetManager, user: str) -> None:
+    """Remember that this thread (or task) checked ``user``'s budget with ``manager``."""
+    _checked.set((weakref.ref(manager), user))
+
+
+def _checked_by(kind: type[T]) -> tuple[T, str]:
+    checked = _checked.get()
+    manager = checked[0]() if checked is not None else None
+    if checked is None or not isinstance(manager, kind):
+        verb = "completion" if kind is BudgetManager else "acompletion"
+        raise RuntimeError(
+            f"worker.compat.{verb}() charges the user whose budget this "
+            f"{'thread' if kind is BudgetManager else 'task'} last checked with a "
+            f"{kind.__name__} (get_current_cost(user), get_total_budget(user) or "
+            f"projected_cost(...)), and none was checked; check first, or call "
+            f"budget_manager.{verb}(user=..., model=..., messages=...)"
+        )
+    return manager, checked[1]
+
+
+def completion(model: str, messages: list[dict[str, Any]], **kwargs: Any) -> ChargedCompletion:
+    """``litellm.completion`` on the safe path, for code written against
+    ``BudgetManager``: the call is reserved, made and charged for the user whose budget
+    this thread last checked with a :class:`BudgetManager` (``get_current_cost``,
+    ``get_total_budget`` or ``projected_cost``), exactly as
+    ``budget_manager.completion(user, model, messages, **kwargs)``. Raises
+    :class:`BudgetExceeded` when the budget cannot take the call (nothing spent, no
+    call made), ``RuntimeError`` when no budget was checked."""
+    manager, user = _checked_by(BudgetManager)
+    return manager.completion(user, model, messages, **kwargs)
+
+
+async def acompletion(
+    model: str, messages: list[dict[str, Any]], **kwargs: Any
+) -> ChargedCompletion:
+    """``litellm.acompletion`` on the safe path: :func:`completion` for the user this
+    task last checked with an :class:`AsyncBudgetManager`."""
+    manager, user = _checked_by(AsyncBudgetManager)
+    return await manager.acompletion(user, model, messages, **kwargs)
+
+
+# --- the asynchronous API --------------------------------------------------------------------
+
+
+def _display_url(url: str) -> str:
+    """``url`` without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class AsyncBudgetManager:
@@ -195,18 +440,47 @@ class AsyncBudgetManager:
     ) -> None:
         """``redis_url`` defaults to ``settings.redis_url`` (``BW_REDIS_URL``); ``models``
         (a model list) names and prices the models of ``completion``, else litellm's
-        names and cost map are used."""
+        names and cost map are used. Nothing is connected yet: ``async with`` (or
+        :meth:`check`) finds out whether Redis answers."""
         self.project_name = project_name
         self.client_type = client_type
         settings = settings if settings is not None else Settings()
+        self.redis_url_is_default = redis_url is None and "redis_url" not in (
+            settings.model_fields_set
+        )
         if redis_url is not None:
             settings = settings.model_copy(update={"redis_url": redis_url})
         self.settings = settings
+        self.admission_policy: AdmissionPolicy = (
+            settings.admission_policy
+            if "admission_policy" in settings.model_fields_set
+            else DEFAULT_ADMISSION_POLICY
+        )
         self.models = models
+        if self.redis_url_is_default and ledger_ is None:
+            log.warning(
+                "BW_REDIS_URL is not set: budgets are kept in the Redis at %s",
+                _display_url(settings.redis_url),
+            )
         self.ledger = ledger_ if ledger_ is not None else ledger.Ledger.from_settings(settings)
         self.provider = provider if provider is not None else Provider.from_settings(settings)
         self._owns_ledger = ledger_ is None
         self._spend: spend.SpendPath | None = None
+
+    async def check(self) -> None:
+        """Raise unless the ledger's Redis answers: :class:`LedgerUnavailable` naming the
+        URL (and saying when it is the default), or ``ConfigError`` when Redis refuses
+        the URL's credentials."""
+        try:
+            await self.ledger.check_access()
+        except LedgerUnavailable as exc:
+            where = _display_url(self.settings.redis_url)
+            how = (
+                "the default, as BW_REDIS_URL is not set: set BW_REDIS_URL or pass redis_url="
+                if self.redis_url_is_default
+                else "from redis_url= or BW_REDIS_URL"
+            )
+            raise LedgerUnavailable(f"no Redis answers at {where} ({how}): {exc}") from None
 
     def _spend_path(self) -> spend.SpendPath:
         """The worker's spend path, made on first use (inside the running event loop)."""
@@ -218,7 +492,7 @@ class AsyncBudgetManager:
                 LedgerGate(self.settings.redis_retry_s),
                 Metrics(),
                 holder_prefix="compat",
-                admission_policy=self.settings.admission_policy,
+                admission_policy=self.admission_policy,
                 clamp_min_tokens=self.settings.clamp_min_tokens,
             )
         return self._spend
@@ -230,6 +504,11 @@ class AsyncBudgetManager:
             await self.ledger.close()
 
     async def __aenter__(self) -> AsyncBudgetManager:
+        try:
+            await self.check()
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -245,8 +524,9 @@ class AsyncBudgetManager:
         created_at: float | None = None,
     ) -> dict[str, Any]:
         """Create or change ``user``'s budget: ``total_budget`` USD per rolling
-        ``duration`` (or for ever). ``created_at`` is accepted for compatibility; windows
-        start on the ledger's clock when the budget is first created."""
+        ``duration`` (or for ever). The spend of the current window is kept.
+        ``created_at`` is accepted and not used: windows start on the ledger's clock
+        when the budget is first created, and the record's ``created_at`` says when."""
         limit = usd_to_nanousd(total_budget, round_up=False)
         if duration is None:
             budget = ledger.Budget(limit_nanousd=limit, period="none")
@@ -256,15 +536,19 @@ class AsyncBudgetManager:
             )
         else:
             raise ValueError('duration needs to be one of ["daily", "weekly", "monthly", "yearly"]')
-        await self.ledger.set_budget(user, budget)
-        return await self._record(user)
+        await self.ledger.set_budget(_ledger_user(user), budget)
+        return await self.record(user)
 
     async def get_total_budget(self, user: str) -> float:
-        return _usd((await self._state(user)).budget.limit_nanousd)
+        total = _usd((await self._state(user)).budget.limit_nanousd)
+        _check(self, user)
+        return total
 
     async def get_current_cost(self, user: str) -> float:
         """Spent in the current window (reservations of calls in flight not included)."""
-        return _usd((await self._state(user)).snapshot.spent_nanousd)
+        spent = _spent_usd((await self._state(user)).snapshot.spent_nanousd)
+        _check(self, user)
+        return spent
 
     async def get_model_cost(self, user: str) -> dict[str, float]:
         """Spent per model in the current window (``{}`` when nothing was spent)."""
@@ -272,16 +556,21 @@ class AsyncBudgetManager:
         return {model: _usd(n) for model, n in state.model_spend_nanousd.items()}
 
     async def is_valid_user(self, user: str) -> bool:
-        return await self.ledger.get_budget(user) is not None
+        return await self.ledger.get_budget(_ledger_user(user)) is not None
 
     async def get_users(self) -> list[str]:
-        return await self.ledger.list_users()
+        return [_compat_user(name) for name in await self.ledger.list_users()]
+
+    async def record(self, user: str) -> dict[str, Any]:
+        """The user as ``BudgetManager`` keeps them in its ``user_dict`` (see
+        ``_record``); :class:`UnknownUser` when they have no budget."""
+        return _record(await self._state(user))
 
     async def reset_cost(self, user: str) -> dict[str, Any]:
         """Zero the current window's spend (calls in flight keep their reservations)."""
-        if not await self.ledger.reset(user):
+        if not await self.ledger.reset(_ledger_user(user)):
             raise UnknownUser(user)
-        return {"user": await self._record(user)}
+        return {"user": await self.record(user)}
 
     async def reset_on_duration(self, user: str) -> None:
         """Nothing to do: a window's spend starts from zero when the window does."""
@@ -311,6 +600,7 @@ class AsyncBudgetManager:
         )
         prompt_nanousd = entry.price.bound_nanousd(bound, 0)
         spent = (await self._state(user)).snapshot.spent_nanousd
+        _check(self, user)
         return _usd(spent + prompt_nanousd)
 
     async def update_cost(
@@ -322,13 +612,24 @@ class AsyncBudgetManager:
         output_text: str | None = None,
     ) -> dict[str, Any]:
         """Charge ``user`` for a call made outside the safe path: from a chat completion
-        (its model and usage), or from ``model``, ``input_text`` and ``output_text``.
+        (its model and usage), or from ``model``, ``input_text`` and ``output_text``,
+        each counted as a one-message chat, as ``BudgetManager`` counts them.
 
         The charge is recorded even past the budget, exactly once (it is a settle of a
-        fresh job id, which the ledger charges to the current window).
+        fresh job id, which the ledger charges to the current window). A completion the
+        safe path returned (:class:`ChargedCompletion`) is already charged: nothing more
+        is recorded for it, and naming another user than the one it was charged to is a
+        ``ValueError``.
         """
         if model and input_text and output_text:
-            usage = _Usage(model, *_count_tokens(model, input_text, output_text))
+            usage = _Usage(model, TokenUsage(*_count_tokens(model, input_text, output_text)), model)
+        elif isinstance(completion_obj, ChargedCompletion):
+            if completion_obj.user != user:
+                raise ValueError(
+                    f"this completion was already charged to user {completion_obj.user!r} "
+                    f"on the safe path; update_cost would charge it again to {user!r}"
+                )
+            return {"user": await self.record(user)}
         elif completion_obj is not None:
             usage = _usage_of(completion_obj)
         else:
@@ -337,10 +638,10 @@ class AsyncBudgetManager:
             )
         if not await self.is_valid_user(user):
             raise UnknownUser(user)
-        price = self._entry(usage.model, {}).price
-        cost = price.cost_nanousd(TokenUsage(usage.prompt_tokens, usage.completion_tokens))
+        price = self._entry(usage.priced_as, {}).price
+        cost = price.cost_nanousd(usage.tokens)
         await self.ledger.settle(
-            user,
+            _ledger_user(user),
             f"compat-charge-{uuid.uuid4().hex}",
             holder="compat:update_cost",
             cost_nanousd=cost,
@@ -348,23 +649,25 @@ class AsyncBudgetManager:
             model=usage.model,
             outcome=_outcome("compat.charged", cost, usage),
         )
-        return {"user": await self._record(user)}
+        return {"user": await self.record(user)}
 
     # --- the safe path -----------------------------------------------------------------
 
     async def acompletion(
         self, user: str, model: str, messages: list[dict[str, Any]], **kwargs: Any
-    ) -> dict[str, Any]:
+    ) -> ChargedCompletion:
         """Call ``model`` for ``user`` within the budget: reserve an upper bound of the
-        cost, call, charge the actual cost. Returns the OpenAI-format completion as a
-        dict; raises :class:`BudgetExceeded` when refused (nothing spent, no call).
+        cost, call, charge the actual cost. Returns the OpenAI-format completion (a
+        ``dict``); raises :class:`BudgetExceeded` when refused (nothing spent, no call).
 
         ``kwargs`` are OpenAI parameters (``max_tokens``, ``temperature``, ``n``, ...)
-        and litellm's connection arguments (``api_base``, ``api_key``, ...).
+        and litellm's connection arguments (``api_base``, ``api_key``, ...). Without
+        ``max_tokens`` the call is bounded by ``BW_DEFAULT_MAX_TOKENS``, lowered to what
+        the budget has left under the ``clamp`` policy (compat's default).
         """
-        entry, job = self._job(user, model, messages, kwargs)
+        entry, job = self._job(model, messages, kwargs)
         request = spend.Request(
-            user_id=user,
+            user_id=_ledger_user(user),
             job_id=job.job_id,
             entry=entry,
             messages=[m.model_dump(exclude_none=True) for m in job.messages],
@@ -373,7 +676,12 @@ class AsyncBudgetManager:
         )
         result = await self._spend_path().run(request, _CompatOutcomes(model))
         if isinstance(result, spend.Charged):
-            return result.completion.response
+            return ChargedCompletion(
+                result.completion.response,
+                user=user,
+                job_id=job.job_id,
+                cost_nanousd=result.settled.charged_nanousd,
+            )
         if isinstance(result, spend.CallFailed):
             if result.error is not None:
                 raise result.error
@@ -390,7 +698,7 @@ class AsyncBudgetManager:
         raise BudgetWorkerError(f"job {job.job_id} is already finished")  # a fresh job id
 
     def _job(
-        self, user: str, model: str, messages: list[dict[str, Any]], kwargs: dict[str, Any]
+        self, model: str, messages: list[dict[str, Any]], kwargs: dict[str, Any]
     ) -> tuple[ModelEntry, CompletionJob]:
         connection: dict[str, Any] = {}
         params: dict[str, Any] = {}
@@ -413,7 +721,7 @@ class AsyncBudgetManager:
                 {
                     "schema_version": 1,
                     "job_id": f"compat-{uuid.uuid4().hex}",
-                    "user_id": user,
+                    "user_id": _ESTIMATE_USER,
                     "model": model,
                     "messages": messages,
                     "max_tokens": max_tokens,
@@ -461,26 +769,10 @@ class AsyncBudgetManager:
     # --- reading ---------------------------------------------------------------------
 
     async def _state(self, user: str) -> ledger.BudgetState:
-        state = await self.ledger.state(user)
+        state = await self.ledger.state(_ledger_user(user))
         if state is None:
             raise UnknownUser(user)
         return state
-
-    async def _record(self, user: str) -> dict[str, Any]:
-        """The user as ``BudgetManager`` keeps them in its ``user_dict``."""
-        state = await self._state(user)
-        budget = state.budget
-        record: dict[str, Any] = {
-            "total_budget": _usd(budget.limit_nanousd),
-            "current_cost": _usd(state.snapshot.spent_nanousd),
-            "model_cost": {m: _usd(n) for m, n in state.model_spend_nanousd.items()},
-        }
-        if budget.period == "rolling" and budget.window_s is not None:
-            record["duration"] = budget.window_s / _DAY_S
-            end_ms = state.snapshot.period_end_ms
-            if end_ms is not None:
-                record["last_updated_at"] = end_ms / 1000 - budget.window_s
-        return record
 
 
 def _message_texts(message: Mapping[str, Any]) -> Iterable[str]:
@@ -499,17 +791,25 @@ def _message_texts(message: Mapping[str, Any]) -> Iterable[str]:
 
 
 def _count_tokens(model: str, input_text: str, output_text: str) -> tuple[int, int]:
-    """Prompt and completion tokens of a one-message call, counted with tiktoken (the
-    model's encoding when tiktoken knows it, else ``cl100k_base``) the way OpenAI counts
-    a chat prompt: the text, the role, 3 per message and 3 priming the reply."""
+    """Prompt and completion tokens of ``update_cost``'s texts, counted as
+    ``BudgetManager`` counts them: each text as a one-message chat
+    (``litellm.token_counter(messages=[{"role": "user", "content": text}])``), the output
+    too. That is 7 tokens more than the output's own (its role, 3 per message, 3 priming
+    a reply), kept so that a migrated user is charged what LiteLLM charged.
+
+    Counted with tiktoken, as litellm counts these models: the model's encoding when
+    tiktoken knows it, else ``cl100k_base``."""
     import tiktoken  # its BPE files are found offline once worker.provider is imported
 
     try:
         encoding = tiktoken.encoding_for_model(model.rsplit("/", 1)[-1])
     except KeyError:
         encoding = tiktoken.get_encoding("cl100k_base")
-    prompt = len(encoding.encode_ordinary(input_text)) + 1 + 3 + 3
-    return prompt, len(encoding.encode_ordinary(output_text))
+
+    def as_chat(text: str) -> int:  # the text, the role "user", 3 per message, 3 priming
+        return len(encoding.encode_ordinary(text)) + len(encoding.encode_ordinary("user")) + 6
+
+    return as_chat(input_text), as_chat(output_text)
 
 
 class _CompatOutcomes:
@@ -519,7 +819,8 @@ class _CompatOutcomes:
         self.model = model
 
     def succeeded(self, completion: Completion, charge: spend.Charge) -> bytes:
-        usage = _Usage(self.model, charge.prompt_tokens, charge.completion_tokens)
+        tokens = TokenUsage(charge.prompt_tokens, charge.completion_tokens)
+        usage = _Usage(self.model, tokens, self.model)
         return _outcome("compat.succeeded", charge.cost_nanousd, usage)
 
     def failed(self, failure: spend.Failure) -> bytes:
@@ -594,6 +895,39 @@ def _shut_down(loop: _LoopThread, manager: AsyncBudgetManager) -> None:
     loop.stop()
 
 
+class UserDict(Mapping[str, BudgetRecord]):
+    """``BudgetManager.user_dict`` as a read-through view of the ledger: every lookup
+    reads Redis, so it shows what every process sharing the ledger has spent. Records
+    are :class:`BudgetRecord` (read-only); assigning or deleting a user raises a
+    ``TypeError`` naming the method to call instead."""
+
+    def __init__(self, manager: BudgetManager) -> None:
+        self._manager = manager
+
+    def __getitem__(self, user: str) -> BudgetRecord:
+        return _read_only(self._manager._loop.run(self._manager.manager.record(user)))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._manager.get_users())
+
+    def __len__(self) -> int:
+        return len(self._manager.get_users())
+
+    def __contains__(self, user: object) -> bool:
+        return isinstance(user, str) and self._manager.is_valid_user(user)
+
+    def __setitem__(self, user: str, record: Any) -> None:
+        raise TypeError(f"{_READ_ONLY}: to create or change a budget, call create_budget()")
+
+    def __delitem__(self, user: str) -> None:
+        raise TypeError(
+            f"{_READ_ONLY}: budgets are deleted with `budget-worker budget delete USER`"
+        )
+
+    def __repr__(self) -> str:
+        return f"UserDict({dict(self)!r})"
+
+
 class BudgetManager:
     """``litellm.BudgetManager``'s synchronous API over the ledger (see the module
     docstring); every method blocks until Redis has answered. Safe to share between
@@ -610,12 +944,15 @@ class BudgetManager:
         settings: Settings | None = None,
         models: ModelList | None = None,
     ) -> None:
+        """Connects at once, as ``BudgetManager`` loads its data at once: raises
+        :class:`LedgerUnavailable` naming the URL when no Redis answers there (and
+        logs which one it is when ``BW_REDIS_URL`` is not set)."""
         self.project_name = project_name
         self.client_type = client_type
         self._loop = _LoopThread()
 
         async def build() -> AsyncBudgetManager:
-            return AsyncBudgetManager(
+            manager = AsyncBudgetManager(
                 project_name,
                 client_type,
                 api_base,
@@ -624,6 +961,12 @@ class BudgetManager:
                 settings=settings,
                 models=models,
             )
+            try:
+                await manager.check()
+            except BaseException:
+                await manager.close()
+                raise
+            return manager
 
         try:
             self.manager = self._loop.run(build())
@@ -644,6 +987,15 @@ class BudgetManager:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    @property
+    def user_dict(self) -> UserDict:
+        """Every user's record, read from the ledger on each lookup (see :class:`UserDict`)."""
+        return UserDict(self)
+
+    @user_dict.setter
+    def user_dict(self, value: Any) -> None:
+        raise TypeError(f"{_READ_ONLY}: budgets are created with create_budget()")
+
     def create_budget(
         self,
         total_budget: float,
@@ -654,10 +1006,14 @@ class BudgetManager:
         return self._loop.run(self.manager.create_budget(total_budget, user, duration, created_at))
 
     def projected_cost(self, model: str, messages: list[dict[str, Any]], user: str) -> float:
-        return self._loop.run(self.manager.projected_cost(model, messages, user))
+        projected = self._loop.run(self.manager.projected_cost(model, messages, user))
+        _check(self, user)
+        return projected
 
     def get_total_budget(self, user: str) -> float:
-        return self._loop.run(self.manager.get_total_budget(user))
+        total = self._loop.run(self.manager.get_total_budget(user))
+        _check(self, user)
+        return total
 
     def update_cost(
         self,
@@ -672,7 +1028,9 @@ class BudgetManager:
         )
 
     def get_current_cost(self, user: str) -> float:
-        return self._loop.run(self.manager.get_current_cost(user))
+        spent = self._loop.run(self.manager.get_current_cost(user))
+        _check(self, user)
+        return spent
 
     def get_model_cost(self, user: str) -> dict[str, float]:
         return self._loop.run(self.manager.get_model_cost(user))
@@ -700,6 +1058,6 @@ class BudgetManager:
 
     def completion(
         self, user: str, model: str, messages: list[dict[str, Any]], **kwargs: Any
-    ) -> dict[str, Any]:
+    ) -> ChargedCompletion:
         """The safe path: see :meth:`AsyncBudgetManager.acompletion`."""
         return self._loop.run(self.manager.acompletion(user, model, messages, **kwargs))
