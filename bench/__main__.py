@@ -17,7 +17,7 @@ from bench.harness import Context, Infra, Report, machine_line, now_iso, write_s
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-BENCHMARKS = ["pipeline", "admission", "overspend", "usability", "scaling", "latency"]
+BENCHMARKS = ["pipeline", "admission", "overspend", "usability", "scaling", "latency", "recovery"]
 
 
 def command_for(name: str, size: str) -> str:
