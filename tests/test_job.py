@@ -91,11 +91,27 @@ async def test_an_unknown_model_is_refused_naming_the_models_the_worker_has(
     assert rig.provider.calls == []
 
 
-async def test_an_estimate_larger_than_the_whole_budget_says_it_can_never_fit(
+async def test_by_default_a_job_too_large_for_the_budget_runs_with_fewer_tokens(
     rig: InProcess,
 ) -> None:
+    """Today (reject by default) the first job on a fresh $0.0001 budget is refused."""
     await rig.ledger.set_budget("bob", Budget(100_000, "daily"))
     outcome = await rig.jobs.run(decoded("j1", "bob", max_tokens=1024))
+    assert isinstance(outcome.event, CompletionSucceeded)
+    (call,) = rig.provider.calls
+    assert 16 <= call.max_tokens < 1024
+    assert await spent(rig.ledger, "bob") <= 100_000
+
+
+async def test_an_estimate_larger_than_the_whole_budget_says_it_can_never_fit(
+    redis_url: str,
+) -> None:
+    rig = in_process(redis_url, ScriptedProvider(), admission_policy="reject")
+    try:
+        await rig.ledger.set_budget("bob", Budget(100_000, "daily"))
+        outcome = await rig.jobs.run(decoded("j1", "bob", max_tokens=1024))
+    finally:
+        await rig.close()
     event = outcome.event
     assert isinstance(event, CompletionRejected) and event.reason == "budget_exceeded"
     assert "can never fit" in event.detail

@@ -69,7 +69,6 @@ from worker.provider import Completion, Provider
 from worker.settings import AdmissionPolicy, Settings
 
 __all__ = [
-    "DEFAULT_ADMISSION_POLICY",
     "AsyncBudgetManager",
     "BudgetExceeded",
     "BudgetManager",
@@ -91,11 +90,6 @@ DAYS: Final[dict[str, int]] = {"daily": 1, "weekly": 7, "monthly": 28, "yearly":
 ``..._YEAR``)."""
 _DAY_S: Final = 86_400
 
-DEFAULT_ADMISSION_POLICY: Final[AdmissionPolicy] = "clamp"
-"""The safe path's policy unless ``BW_ADMISSION_POLICY`` is set. A ``BudgetManager``
-user's calls rarely set ``max_tokens``, and the default bound (1,024 tokens) alone is
-more than a small budget (LiteLLM's example's USD 0.0002 holds 120 tokens of
-``gpt-3.5-turbo``): ``reject`` would refuse their first call."""
 
 # Arguments of ``completion`` that choose where and how litellm connects. They are the
 # caller's (trusted code), unlike a job's, which may only set ``JobParams``.
@@ -451,11 +445,7 @@ class AsyncBudgetManager:
         if redis_url is not None:
             settings = settings.model_copy(update={"redis_url": redis_url})
         self.settings = settings
-        self.admission_policy: AdmissionPolicy = (
-            settings.admission_policy
-            if "admission_policy" in settings.model_fields_set
-            else DEFAULT_ADMISSION_POLICY
-        )
+        self.admission_policy: AdmissionPolicy = settings.admission_policy
         self.models = models
         if self.redis_url_is_default and ledger_ is None:
             log.warning(

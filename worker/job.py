@@ -35,7 +35,7 @@ from worker.metrics import Metrics
 from worker.models import ModelEntry, ModelList
 from worker.outcome import Outcomes
 from worker.provider import Completion
-from worker.settings import Settings
+from worker.settings import AdmissionPolicy, Settings
 from worker.spend import (
     HOLDER_POLL_S,
     CallFailed,
@@ -175,7 +175,7 @@ class JobPath:
             detail = f"{refused.limit if refused else 'rate'}: rate limit reached"
         else:
             assert refused is not None
-            detail = _budget_detail(wanted, refused)
+            detail = _budget_detail(wanted, refused, self.settings.admission_policy)
         return await self._refuse(
             job,
             refusal.reason,
@@ -253,15 +253,18 @@ def _facts(charge: Charge, model_ms: float, *, republished: bool) -> dict[str, A
     return facts
 
 
-def _budget_detail(wanted: Estimate, refused: ledger.Refused) -> str:
+def _budget_detail(wanted: Estimate, refused: ledger.Refused, policy: AdmissionPolicy) -> str:
     limit = refused.snapshot.limit_nanousd
     if wanted.cost_nanousd > limit:
+        fixes = "give the job a smaller max_tokens (or, for jobs without one, lower "
+        fixes += "BW_DEFAULT_MAX_TOKENS) or raise the budget"
+        if policy == "reject":
+            fixes += ", or set BW_ADMISSION_POLICY=clamp"
         return (
             f"budget: the estimated cost {wanted.cost_nanousd} nano-USD (prompt bound "
             f"{wanted.prompt_tokens_bound} tokens plus up to {wanted.max_output_tokens} output "
             f"tokens x {wanted.n}) is more than the whole {limit} nano-USD limit, so this job "
-            "can never fit: give the job a smaller max_tokens (or, for jobs without one, lower "
-            "BW_DEFAULT_MAX_TOKENS), raise the budget, or set BW_ADMISSION_POLICY=clamp"
+            f"can never fit: {fixes}"
         )
     return (
         f"budget: estimated cost {wanted.cost_nanousd} nano-USD exceeds the "

@@ -89,7 +89,14 @@ class Settings(BaseSettings):
     # --- Models and money ---------------------------------------------------------
     models_file: Path | None = None
     default_max_tokens: int = Field(default=1024, gt=0)
-    admission_policy: AdmissionPolicy = "reject"
+    admission_policy: AdmissionPolicy = Field(
+        default="clamp",
+        description=(
+            "What a job whose estimate does not fit gets: clamp (its max_tokens lowered to "
+            "what is left, down to BW_CLAMP_MIN_TOKENS) or reject. docs/estimation.md "
+            "has the trade, measured."
+        ),
+    )
     clamp_min_tokens: int = Field(
         default=16, gt=0, description="clamp: refuse rather than allow fewer output tokens."
     )
