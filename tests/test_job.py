@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -182,3 +183,23 @@ async def test_a_response_without_usage_is_charged_its_reservation(rig: InProces
     assert event.cost_nanousd > 0
     assert event.cost_nanousd == await spent(rig.ledger, "alice")
     assert event.usage.completion_tokens == 16  # the bound it was charged at
+
+
+async def test_each_job_logs_one_line_with_its_model_cost_tokens_and_a_reason_if_any(
+    rig: InProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig.provider.handler = lambda call: answer(prompt_tokens=100, completion_tokens=10)
+    with caplog.at_level(logging.INFO, logger="budget_worker.job"):
+        await rig.jobs.run(decoded("ok", prompt="PROMPT-TEXT-91"))
+        await rig.jobs.run(decoded("no", "nobody"))
+    ok, refused = (r for r in caplog.records if r.name == "budget_worker.job")
+    assert ok.getMessage() == "job succeeded"
+    assert (ok.model, ok.cost_nanousd, ok.prompt_tokens, ok.completion_tokens) == (  # type: ignore[attr-defined]
+        MODEL,
+        100 * 150 + 10 * 600,
+        100,
+        10,
+    )
+    assert ok.model_ms >= 0 and not hasattr(ok, "reason")  # type: ignore[attr-defined]
+    assert refused.getMessage() == "job rejected" and refused.reason == "no_budget"  # type: ignore[attr-defined]
+    assert "PROMPT-TEXT-91" not in caplog.text
