@@ -6,15 +6,28 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.support import InProcess, Topics, in_process, job, produce, spent, until, wait_for_events
+from tests.support import (
+    InProcess,
+    Topics,
+    in_process,
+    job,
+    produce,
+    read_all,
+    spent,
+    until,
+    wait_for_events,
+)
+from worker import tracing
 from worker.consumer import JobConsumer
 from worker.dev.doubles import Call, ScriptedProvider, answer
 from worker.dev.servers import EmbeddedKafka
@@ -135,3 +148,65 @@ async def test_a_record_that_is_not_a_job_goes_to_the_dlq_and_the_loop_goes_on(
         events = await wait_for_events(kafka, running.topics.results, {"fine"})
         await until(lambda: running.rig.metrics.dlq._value.get() == 1)
     assert events["fine"][0]["type"] == "completion.succeeded"
+
+
+async def test_a_jobs_trace_continues_through_the_worker_to_its_event(
+    kafka: EmbeddedKafka, redis_url: str
+) -> None:
+    """The job's W3C traceparent is the parent of the worker's spans, and the result
+    event's record carries the trace on. No prompt text in any span."""
+    exporter = InMemorySpanExporter()
+    tracing.use(exporter, "budget-worker", "w-test")
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    parent = f"00-{trace_id}-00f067aa0ba902b7-01"
+    try:
+        provider = ScriptedProvider()
+        async with consuming(kafka, redis_url, provider) as running:
+            body = json.dumps(job("traced", "alice", prompt="PROMPT-TEXT-55")).encode()
+            await produce_with_headers(
+                kafka, running.topics.jobs, body, [("traceparent", parent.encode())]
+            )
+            await wait_for_events(kafka, running.topics.results, {"traced"})
+            (record,) = await read_all(kafka, running.topics.results)
+    finally:
+        tracing.shutdown()
+    spans = exporter.get_finished_spans()
+    names = {span.name for span in spans}
+    assert {
+        "bw.job",
+        "bw.decode",
+        "bw.reserve",
+        "bw.model_call",
+        "bw.settle",
+        "bw.publish",
+    } <= names
+    assert {format(span.context.trace_id, "032x") for span in spans} == {trace_id}
+    root = next(span for span in spans if span.name == "bw.job")
+    assert root.attributes is not None and root.attributes["bw.outcome"] == "succeeded"
+    assert "PROMPT-TEXT-55" not in repr([dict(span.attributes or {}) for span in spans])
+    headers = dict(record.headers)
+    assert headers["traceparent"].decode().split("-")[1] == trace_id
+
+
+async def test_with_tracing_off_the_jobs_trace_headers_pass_on_to_its_event(
+    kafka: EmbeddedKafka, redis_url: str
+) -> None:
+    parent = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert not tracing.enabled()
+    async with consuming(kafka, redis_url, ScriptedProvider()) as running:
+        body = json.dumps(job("plain", "alice")).encode()
+        await produce_with_headers(kafka, running.topics.jobs, body, [("traceparent", parent)])
+        await wait_for_events(kafka, running.topics.results, {"plain"})
+        (record,) = await read_all(kafka, running.topics.results)
+    assert dict(record.headers)["traceparent"] == parent
+
+
+async def produce_with_headers(
+    kafka: EmbeddedKafka, topic: str, value: bytes, headers: list[tuple[str, bytes]]
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=b"alice", headers=headers)
+    finally:
+        await producer.stop()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -32,7 +32,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from schemas.events import TerminalEvent, encode_event
 from schemas.jobs import CompletionJob, InvalidJob, JobLimits, UndecodableJob, parse_job
-from worker import outcome
+from worker import outcome, tracing
 from worker.connections import kafka_options
 from worker.gate import LedgerGate
 from worker.job import JobPath, Outcome
@@ -61,6 +61,8 @@ class Record(Protocol):
     def key(self) -> bytes | None: ...
     @property
     def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
 class Slots:
@@ -221,11 +223,14 @@ class JobConsumer:
 
     async def answer(self, record: Record) -> None:
         """Decode, run and publish one record's outcome. Raises only CancelledError."""
-        job = await self._decode(record)
-        if job is None:
-            return
-        answer = await self.jobs.run(job, idle=self.slots.lent)
-        await self._publish(answer)
+        with tracing.job_span(record.headers, partition=record.partition, offset=record.offset):
+            with tracing.span("bw.decode"):
+                job = await self._decode(record)
+            if job is None:
+                return
+            tracing.annotate(job_id=job.job_id, model=job.model)
+            answer = await self.jobs.run(job, idle=self.slots.lent)
+            await self._publish(answer, record.headers)
 
     async def _decode(self, record: Record) -> CompletionJob | None:
         """A valid job, or None once the record's outcome (DLQ or rejection) is out."""
@@ -255,12 +260,14 @@ class JobConsumer:
             rejection = self.jobs.outcomes.rejected(
                 exc.job_id, exc.user_id, exc.model, exc.metadata, "invalid_job", str(exc)
             )
-            await self._publish(Outcome(rejection))
+            await self._publish(Outcome(rejection), record.headers)
             self.metrics.jobs.labels("rejected", "invalid_job").inc()
             log.info("job rejected", extra={"job_id": exc.job_id, "reason": "invalid_job"})
         return None
 
-    async def _publish(self, answer: Outcome) -> None:
+    async def _publish(
+        self, answer: Outcome, job_headers: Sequence[tuple[str, bytes]] | None
+    ) -> None:
         """Publish until the broker takes it. A reply_to topic that keeps failing
         (deleted, no ACL) must not stall the partition: after a few tries the event goes
         to the results topic. An event too large for the broker is replaced by a small
@@ -269,6 +276,7 @@ class JobConsumer:
         value = encode_event(event)
         topic = answer.reply_to or self.settings.results_topic
         tries = 0
+        headers = tracing.event_headers(job_headers)
 
         async def send() -> None:
             nonlocal tries, topic, value
@@ -276,7 +284,7 @@ class JobConsumer:
             if tries > REPLY_TO_ATTEMPTS:
                 topic = self.settings.results_topic
             try:
-                await self.publisher.publish(topic, event.job_id.encode(), value)
+                await self.publisher.publish(topic, event.job_id.encode(), value, headers)
             except EventTooLarge as exc:
                 replacement = outcome.too_large(event, exc.size_bytes, exc.limit_bytes)
                 log.error(
@@ -284,9 +292,10 @@ class JobConsumer:
                     extra={"job_id": event.job_id, "bytes": exc.size_bytes},
                 )
                 value = encode_event(replacement)
-                await self.publisher.publish(topic, event.job_id.encode(), value)
+                await self.publisher.publish(topic, event.job_id.encode(), value, headers)
 
-        await _retrying(send, event.job_id)
+        with tracing.span("bw.publish", topic=topic):
+            await _retrying(send, event.job_id)
 
     # --- commits ----------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from schemas.events import (
     encode_event,
 )
 from schemas.jobs import CompletionJob
-from worker import ledger, outcome
+from worker import ledger, outcome, tracing
 from worker.estimate import Estimate, estimate
 from worker.metrics import Metrics
 from worker.models import ModelEntry, ModelList
@@ -235,6 +235,9 @@ class JobPath:
         if facts.pop("republished", False):
             kind = "republished"
         self.metrics.jobs.labels(kind, reason).inc()
+        tracing.annotate(
+            outcome=kind, reason=reason or None, cost_nanousd=facts.get("cost_nanousd")
+        )
         line: dict[str, Any] = {"job_id": job.job_id, "model": job.model, **facts}
         if reason:
             line["reason"] = reason

@@ -34,8 +34,13 @@ class EventTooLarge(Exception):
         self.limit_bytes = limit_bytes
 
 
+Headers = list[tuple[str, bytes]]
+
+
 class Publisher(Protocol):
-    async def publish(self, topic: str, key: bytes, value: bytes) -> None: ...
+    async def publish(
+        self, topic: str, key: bytes, value: bytes, headers: Headers | None = None
+    ) -> None: ...
 
     async def dead_letter(
         self,
@@ -78,7 +83,9 @@ class KafkaPublisher:
         await self._producer.stop()
         await self._compressed.stop()
 
-    async def publish(self, topic: str, key: bytes, value: bytes) -> None:
+    async def publish(
+        self, topic: str, key: bytes, value: bytes, headers: Headers | None = None
+    ) -> None:
         """Raises :class:`EventTooLarge` for an event the broker cannot take."""
         producer = self._producer
         if len(value) > self.max_event_bytes:
@@ -87,7 +94,7 @@ class KafkaPublisher:
                 raise EventTooLarge(len(value), self.max_event_bytes)
             producer = self._compressed
         try:
-            await producer.send_and_wait(topic, value, key=key)
+            await producer.send_and_wait(topic, value, key=key, headers=headers)
         except (MessageSizeTooLargeError, RecordTooLargeError):
             raise EventTooLarge(len(value), self.max_event_bytes) from None
 

@@ -9,7 +9,7 @@ import logging
 import signal
 from collections.abc import Mapping
 
-from worker import ledger
+from worker import ledger, tracing
 from worker.connections import check_kafka
 from worker.consumer import JobConsumer
 from worker.errors import ConfigError, LedgerUnavailable
@@ -45,6 +45,7 @@ async def serve(
     # the reason, rather than leaving the Kafka client retrying in the dark.
     await check_kafka(settings)
     await check_topics(settings)
+    tracing.configure(settings.tracing_exporter, "budget-worker", settings.worker_id)
     metrics = Metrics()
     ledger_ = ledger.Ledger.from_settings(settings)
     await _check_ledger(ledger_)
@@ -86,6 +87,7 @@ async def serve(
         await publisher.stop()
         await ledger_.close()
         await health.stop()
+        tracing.shutdown()
         log.info("worker stopped")
     return 0
 

@@ -147,6 +147,13 @@ class Settings(BaseSettings):
     metrics_host: str = "0.0.0.0"
     log_level: str = "INFO"
     log_json: bool = True
+    tracing_exporter: Literal["none", "otlp", "console"] = Field(
+        default="none",
+        description=(
+            "OpenTelemetry spans of each job (needs the tracing extra); otlp reads the "
+            "standard OTEL_EXPORTER_OTLP_* variables. Off, trace headers pass through."
+        ),
+    )
     debug_log_prompts: bool = Field(
         default=False, description="Log prompt and response text. Never in production."
     )

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
-from worker import admission, ledger
+from worker import admission, ledger, tracing
 from worker.errors import LeaseLost, ProviderError
 from worker.estimate import Estimate
 from worker.gate import LedgerGate
@@ -284,7 +284,8 @@ class SpendPath:
             )
 
         started = time.perf_counter()
-        result = await self.gate.call(reserve)
+        with tracing.span("bw.reserve", cost_nanousd=wanted.cost_nanousd):
+            result = await self.gate.call(reserve)
         self.metrics.reserve_seconds.observe(time.perf_counter() - started)
         if isinstance(result, ledger.Reserved) and result.existing:
             sent = first_sent
@@ -307,14 +308,15 @@ class SpendPath:
         entry, holder = request.entry, admitted.holder
         started = time.perf_counter()
         try:
-            async with admitted.lease.fenced():
-                completion = await self.provider.complete(
-                    entry,
-                    request.messages,
-                    request.params,
-                    admitted.estimate.max_output_tokens,
-                    before_retry=self._count_retry(entry),
-                )
+            with tracing.span("bw.model_call", model=entry.name):
+                async with admitted.lease.fenced():
+                    completion = await self.provider.complete(
+                        entry,
+                        request.messages,
+                        request.params,
+                        admitted.estimate.max_output_tokens,
+                        before_retry=self._count_retry(entry),
+                    )
         except ProviderError as exc:
             model_ms = self._call_ended(entry, started)
             failure = Failure(exc.error_type, str(exc), exc.retryable, _attempts(exc))
@@ -367,17 +369,18 @@ class SpendPath:
         self, request: Request, holder: str, charge: Charge, outcome: bytes
     ) -> ledger.Settled:
         started = time.perf_counter()
-        settled = await self.gate.call(
-            lambda: self.ledger.settle(
-                request.user_id,
-                request.job_id,
-                holder=holder,
-                cost_nanousd=charge.cost_nanousd,
-                tokens=charge.prompt_tokens + charge.completion_tokens,
-                model=request.entry.name,
-                outcome=outcome,
+        with tracing.span("bw.settle", cost_nanousd=charge.cost_nanousd):
+            settled = await self.gate.call(
+                lambda: self.ledger.settle(
+                    request.user_id,
+                    request.job_id,
+                    holder=holder,
+                    cost_nanousd=charge.cost_nanousd,
+                    tokens=charge.prompt_tokens + charge.completion_tokens,
+                    model=request.entry.name,
+                    outcome=outcome,
+                )
             )
-        )
         self.metrics.settle_seconds.observe(time.perf_counter() - started)
         return settled
 

@@ -102,14 +102,18 @@ class ScriptedProvider:
 class MemoryPublisher:
     """Keeps every published record; ``fail`` raises instead, for as long as it is set."""
 
-    records: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    records: list[tuple[str, bytes, bytes, list[tuple[str, bytes]] | None]] = field(
+        default_factory=list
+    )
     dead_letters: list[tuple[bytes | None, bytes, dict[str, Any]]] = field(default_factory=list)
     fail: BaseException | None = None
 
-    async def publish(self, topic: str, key: bytes, value: bytes) -> None:
+    async def publish(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
         if self.fail is not None:
             raise self.fail
-        self.records.append((topic, key, value))
+        self.records.append((topic, key, value, headers))
 
     async def dead_letter(self, key: bytes | None, value: bytes, **headers: Any) -> None:
         if self.fail is not None:
