@@ -4,6 +4,7 @@ responses and usage, bounded retries, error translation and redaction."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import litellm.exceptions as litellm_exceptions
+import openai
 import pytest
 from aiohttp import web
 
@@ -464,3 +467,243 @@ def test_backoff_grows_exponentially_with_bounded_jitter_and_a_cap() -> None:
         assert p.retry_delay_s(4) == 3.0
     assert p.retry_delay_s(1, retry_after_s=2.0) == 2.0
     assert p.retry_delay_s(1, retry_after_s=30.0) == 3.0
+
+
+# --- Every foreign exception type, pinned ------------------------------------------------
+# Each exception class litellm, openai and httpx export (and the built-ins a call can
+# raise), as translate_error maps a bare instance of it: (error_type, retryable,
+# status_code). A new class in a library upgrade, or a changed mapping, fails here.
+
+ERROR_TABLE: list[tuple[type[Exception], str, bool, int | None]] = [
+    (litellm_exceptions.APIConnectionError, "connection_error", True, None),
+    (litellm_exceptions.APIError, "provider_error", False, None),
+    (litellm_exceptions.APIResponseValidationError, "provider_error", False, None),
+    (litellm_exceptions.AuthenticationError, "authentication_error", False, 401),
+    (litellm_exceptions.BadGatewayError, "server_error", True, None),
+    (litellm_exceptions.BadRequestError, "bad_request", False, 400),
+    (litellm_exceptions.BlockedPiiEntityError, "provider_error", False, None),
+    (litellm_exceptions.BudgetExceededError, "provider_error", False, None),
+    (litellm_exceptions.CallerCredentialAuthenticationError, "authentication_error", False, 401),
+    (litellm_exceptions.CallerCredentialRateLimitError, "rate_limited", True, 429),
+    (litellm_exceptions.ContentPolicyViolationError, "bad_request", False, 400),
+    (litellm_exceptions.ContextWindowExceededError, "context_window_exceeded", False, 400),
+    (litellm_exceptions.EndpointNotSupportedByModelError, "bad_request", False, 400),
+    (litellm_exceptions.GuardrailRaisedException, "provider_error", False, None),
+    (litellm_exceptions.ImageFetchError, "bad_request", False, 400),
+    (litellm_exceptions.InternalServerError, "server_error", True, None),
+    (litellm_exceptions.InvalidRequestError, "provider_error", False, 400),
+    (litellm_exceptions.JSONSchemaValidationError, "provider_error", False, None),
+    (litellm_exceptions.LiteLLMUnknownProvider, "bad_request", False, 400),
+    (litellm_exceptions.MalformedRequestFieldError, "bad_request", False, 400),
+    (litellm_exceptions.MidStreamFallbackError, "server_error", True, None),
+    (litellm_exceptions.MockException, "provider_error", False, None),
+    (litellm_exceptions.ModelNotMappedError, "provider_error", False, None),
+    (litellm_exceptions.ModifyResponseException, "provider_error", False, None),
+    (litellm_exceptions.NotFoundError, "not_found", False, 404),
+    (litellm_exceptions.OpenAIError, "provider_error", False, None),
+    (litellm_exceptions.PaymentRequiredError, "bad_request", False, 400),
+    (litellm_exceptions.PermissionDeniedError, "permission_denied", False, 403),
+    (litellm_exceptions.RateLimitError, "rate_limited", True, 429),
+    (litellm_exceptions.RejectedRequestError, "bad_request", False, 400),
+    (litellm_exceptions.SensitiveDataRouteException, "provider_error", False, None),
+    (litellm_exceptions.ServiceUnavailableError, "server_error", True, None),
+    (litellm_exceptions.Timeout, "timeout", True, None),
+    (litellm_exceptions.UnprocessableEntityError, "provider_error", False, 422),
+    (litellm_exceptions.UnsupportedEndpointError, "bad_request", False, 400),
+    (litellm_exceptions.UnsupportedParamsError, "bad_request", False, 400),
+    (litellm_exceptions.VectorStoreSearchError, "bad_request", False, 400),
+    (openai.APIConnectionError, "provider_error", False, None),
+    (openai.APIError, "provider_error", False, None),
+    (openai.APIResponseValidationError, "provider_error", False, None),
+    (openai.APIStatusError, "provider_error", False, None),
+    (openai.APITimeoutError, "timeout", True, None),
+    (openai.AuthenticationError, "provider_error", False, 401),
+    (openai.BadRequestError, "provider_error", False, 400),
+    (openai.ConflictError, "provider_error", False, 409),
+    (openai.ContentFilterFinishReasonError, "provider_error", False, None),
+    (openai.InternalServerError, "provider_error", False, None),
+    (openai.InvalidWebhookSignatureError, "provider_error", False, None),
+    (openai.LengthFinishReasonError, "provider_error", False, None),
+    (openai.NotFoundError, "provider_error", False, 404),
+    (openai.OAuthError, "provider_error", False, 401),
+    (openai.OpenAIError, "provider_error", False, None),
+    (openai.PermissionDeniedError, "provider_error", False, 403),
+    (openai.RateLimitError, "rate_limited", True, 429),
+    (openai.UnprocessableEntityError, "provider_error", False, 422),
+    (openai.WebSocketConnectionClosedError, "provider_error", False, None),
+    (openai.WebSocketQueueFullError, "provider_error", False, None),
+    (httpx.CloseError, "provider_error", False, None),
+    (httpx.ConnectError, "provider_error", False, None),
+    (httpx.ConnectTimeout, "provider_error", False, None),
+    (httpx.CookieConflict, "provider_error", False, None),
+    (httpx.DecodingError, "provider_error", False, None),
+    (httpx.HTTPError, "provider_error", False, None),
+    (httpx.HTTPStatusError, "provider_error", False, None),
+    (httpx.InvalidURL, "provider_error", False, None),
+    (httpx.LocalProtocolError, "provider_error", False, None),
+    (httpx.NetworkError, "provider_error", False, None),
+    (httpx.PoolTimeout, "provider_error", False, None),
+    (httpx.ProtocolError, "provider_error", False, None),
+    (httpx.ProxyError, "provider_error", False, None),
+    (httpx.ReadError, "provider_error", False, None),
+    (httpx.ReadTimeout, "provider_error", False, None),
+    (httpx.RemoteProtocolError, "provider_error", False, None),
+    (httpx.RequestError, "provider_error", False, None),
+    (httpx.RequestNotRead, "provider_error", False, None),
+    (httpx.ResponseNotRead, "provider_error", False, None),
+    (httpx.StreamClosed, "provider_error", False, None),
+    (httpx.StreamConsumed, "provider_error", False, None),
+    (httpx.StreamError, "provider_error", False, None),
+    (httpx.TimeoutException, "provider_error", False, None),
+    (httpx.TooManyRedirects, "provider_error", False, None),
+    (httpx.TransportError, "provider_error", False, None),
+    (httpx.UnsupportedProtocol, "provider_error", False, None),
+    (httpx.WriteError, "provider_error", False, None),
+    (httpx.WriteTimeout, "provider_error", False, None),
+    (TimeoutError, "timeout", True, None),
+    (ConnectionError, "provider_error", False, None),
+    (OSError, "provider_error", False, None),
+    (RuntimeError, "provider_error", False, None),
+    (ValueError, "provider_error", False, None),
+]
+
+
+def bare(cls: type[Exception], status_code: int | None = None) -> Exception:
+    """An instance of ``cls`` without its constructor (each library's takes other
+    arguments): only what translate_error reads is set."""
+    exc = cls.__new__(cls)
+    exc.message = "boom"  # type: ignore[attr-defined]
+    if status_code is not None:
+        exc.status_code = status_code  # type: ignore[attr-defined]
+    for name in ("num_retries", "max_retries", "litellm_debug_info", "llm_provider", "model"):
+        setattr(exc, name, None)
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("cls", "error_type", "retryable", "status_code"),
+    ERROR_TABLE,
+    ids=[f"{cls.__module__}.{cls.__name__}" for cls, *_ in ERROR_TABLE],
+)
+def test_each_foreign_exception_type_translates_as_pinned(
+    cls: type[Exception], error_type: str, retryable: bool, status_code: int | None
+) -> None:
+    error = translate_error(bare(cls))
+
+    assert type(error) is (RetryableProviderError if retryable else PermanentProviderError)
+    assert (error.error_type, error.retryable, error.status_code) == (
+        error_type,
+        retryable,
+        status_code,
+    )
+
+
+def test_every_exception_class_of_litellm_openai_and_httpx_is_pinned() -> None:
+    pinned = {cls for cls, *_ in ERROR_TABLE}
+    exported = {
+        value
+        for module in (litellm_exceptions, openai, httpx)
+        for name, value in list(vars(module).items())
+        if inspect.isclass(value) and issubclass(value, Exception) and not name.startswith("_")
+    }
+
+    assert exported - pinned == set()
+
+
+@pytest.mark.parametrize(
+    ("exception", "error_type", "retryable", "status_code"),
+    [
+        (bare(litellm_exceptions.APIError, 429), "rate_limited", True, 429),
+        (bare(litellm_exceptions.APIError, 500), "server_error", True, 500),
+        (bare(litellm_exceptions.APIError, 503), "server_error", True, 503),
+        (bare(litellm_exceptions.APIError, 418), "provider_error", False, 418),
+        (bare(litellm_exceptions.APIError, 400), "provider_error", False, 400),
+        (bare(openai.APIStatusError, 429), "rate_limited", True, 429),
+        (bare(openai.InternalServerError, 500), "server_error", True, 500),
+        (bare(openai.APIConnectionError, 502), "server_error", True, 502),
+        (bare(litellm_exceptions.InternalServerError, 500), "server_error", True, 500),
+        (bare(litellm_exceptions.ServiceUnavailableError, 503), "server_error", True, 503),
+        (bare(litellm_exceptions.RateLimitError, 503), "rate_limited", True, 429),
+        (bare(litellm_exceptions.Timeout, 408), "timeout", True, None),
+        (bare(litellm_exceptions.APIConnectionError, 500), "connection_error", True, None),
+        (bare(litellm_exceptions.BadRequestError, 422), "bad_request", False, 422),
+        (bare(RuntimeError, 503), "provider_error", False, 503),
+    ],
+)
+def test_status_codes_decide_for_api_errors_only(
+    exception: Exception, error_type: str, retryable: bool, status_code: int | None
+) -> None:
+    error = translate_error(exception)
+
+    assert (error.error_type, error.retryable, error.status_code) == (
+        error_type,
+        retryable,
+        status_code,
+    )
+
+
+def caused_by(error: Exception, cause: BaseException, *, implicit: bool = False) -> Exception:
+    if implicit:
+        error.__context__ = cause
+    else:
+        error.__cause__ = cause
+    return error
+
+
+@pytest.mark.parametrize(
+    ("exception", "error_type"),
+    [
+        (caused_by(bare(le_server), bare(cause)), expected)
+        for le_server in (
+            litellm_exceptions.InternalServerError,
+            litellm_exceptions.ServiceUnavailableError,
+            litellm_exceptions.BadGatewayError,
+            litellm_exceptions.MidStreamFallbackError,
+        )
+        for cause, expected in (
+            (openai.APITimeoutError, "timeout"),
+            (litellm_exceptions.Timeout, "timeout"),
+            (openai.APIConnectionError, "connection_error"),
+            (litellm_exceptions.APIConnectionError, "connection_error"),
+            (httpx.ConnectError, "server_error"),
+            (TimeoutError, "server_error"),
+        )
+    ]
+    + [
+        (
+            caused_by(
+                bare(litellm_exceptions.InternalServerError),
+                bare(openai.APITimeoutError),
+                implicit=True,
+            ),
+            "timeout",
+        ),
+        (
+            caused_by(
+                bare(litellm_exceptions.InternalServerError),
+                caused_by(bare(RuntimeError), bare(openai.APIConnectionError)),
+            ),
+            "connection_error",
+        ),
+        (
+            caused_by(bare(litellm_exceptions.BadRequestError), bare(openai.APITimeoutError)),
+            "bad_request",
+        ),
+        (caused_by(bare(RuntimeError), bare(openai.APIConnectionError)), "provider_error"),
+    ],
+)
+def test_a_server_error_caused_by_a_timeout_or_lost_connection_is_named_for_its_cause(
+    exception: Exception, error_type: str
+) -> None:
+    error = translate_error(exception)
+
+    assert error.error_type == error_type
+    assert error.retryable is (error_type != "bad_request" and error_type != "provider_error")
+    if error_type in ("timeout", "connection_error"):
+        assert error.status_code is None
+
+
+def test_a_bare_timeout_says_the_attempt_ran_out_of_time() -> None:
+    assert str(translate_error(TimeoutError())) == (
+        "TimeoutError: no complete reply before the attempt's deadline"
+    )
