@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from worker import offline  # noqa: F401  (first: it keeps litellm offline)
 from worker.errors import PermanentProviderError, ProviderError, RetryableProviderError
@@ -343,49 +343,79 @@ def _status_code(exc: BaseException) -> int | None:
     return None
 
 
-def _classify(exc: BaseException) -> tuple[str, bool]:
-    """``(error_type, retryable)``. Most specific class first: ContextWindowExceededError is
-    a BadRequestError, Timeout an APIConnectionError, and litellm reports a refused
-    connection as an InternalServerError whose cause is openai's APIConnectionError."""
-    if isinstance(exc, ContextWindowExceededError):
-        return "context_window_exceeded", False
-    if isinstance(exc, RateLimitError):
-        return "rate_limited", True
-    if isinstance(exc, Timeout | openai.APITimeoutError | TimeoutError):
-        return "timeout", True
-    if isinstance(exc, APIConnectionError):
-        return "connection_error", True
-    if isinstance(exc, BadRequestError):
-        return "bad_request", False
-    if isinstance(exc, AuthenticationError):
-        return "authentication_error", False
-    if isinstance(exc, PermissionDeniedError):
-        return "permission_denied", False
-    if isinstance(exc, NotFoundError):
-        return "not_found", False
-    if isinstance(
-        exc,
-        InternalServerError | ServiceUnavailableError | BadGatewayError,
-    ):
-        for cause in _chain(exc):
-            if isinstance(cause, openai.APITimeoutError):
-                return "timeout", True
-            if isinstance(cause, openai.APIConnectionError):
-                return "connection_error", True
-        return "server_error", True
-    status = _status_code(exc)
-    if isinstance(exc, APIError | openai.APIError) and status is not None:
-        if status == 429:
-            return "rate_limited", True
-        if status >= 500:
-            return "server_error", True
-    return "provider_error", False
+# Each foreign exception type a call can raise, and the ``error_type`` it is reported as.
+# An exception takes the entry of the first class of its MRO found here, so the most
+# specific class wins: ContextWindowExceededError is a BadRequestError, Timeout an
+# APIConnectionError, litellm's CallerCredentialRateLimitError a RateLimitError.
+# ``_BY_STATUS``: the status code decides (openai's errors, litellm's bare APIError).
+_BY_STATUS: Final = "by status"
+_ERROR_TYPES: Final[Mapping[type, str]] = {
+    ContextWindowExceededError: "context_window_exceeded",
+    BadRequestError: "bad_request",
+    AuthenticationError: "authentication_error",
+    PermissionDeniedError: "permission_denied",
+    NotFoundError: "not_found",
+    RateLimitError: "rate_limited",
+    Timeout: "timeout",
+    openai.APITimeoutError: "timeout",
+    TimeoutError: "timeout",  # the attempt's own deadline (asyncio.timeout)
+    APIConnectionError: "connection_error",
+    InternalServerError: "server_error",
+    ServiceUnavailableError: "server_error",
+    BadGatewayError: "server_error",
+    APIError: _BY_STATUS,
+    openai.APIError: _BY_STATUS,
+}
+# litellm reports a refused connection or a timeout as an InternalServerError (or another
+# server error) whose cause is openai's error: the first such cause in the chain names it.
+_CAUSE_TYPES: Final[Mapping[type, str]] = {
+    openai.APITimeoutError: "timeout",
+    openai.APIConnectionError: "connection_error",
+}
+_RETRYABLE: Final = frozenset({"rate_limited", "timeout", "connection_error", "server_error"})
+_UNKNOWN: Final = "provider_error"
+
+
+def _most_specific(exc: BaseException, table: Mapping[type, str]) -> str | None:
+    """The entry of the first class of ``exc``'s MRO that ``table`` has."""
+    for cls in type(exc).__mro__:
+        found = table.get(cls)
+        if found is not None:
+            return found
+    return None
+
+
+def _by_status(status: int | None) -> str:
+    if status == 429:
+        return "rate_limited"
+    if status is not None and status >= 500:
+        return "server_error"
+    return _UNKNOWN
+
+
+def _cause_type(exc: BaseException) -> str | None:
+    for cause in _chain(exc):
+        found = _most_specific(cause, _CAUSE_TYPES)
+        if found is not None:
+            return found
+    return None
+
+
+def _classify(exc: BaseException) -> str:
+    """The ``error_type`` of ``exc`` (see ``_ERROR_TYPES``)."""
+    error_type = _most_specific(exc, _ERROR_TYPES) or _UNKNOWN
+    if error_type == _BY_STATUS:
+        return _by_status(_status_code(exc))
+    if error_type == "server_error":
+        return _cause_type(exc) or error_type
+    return error_type
 
 
 def translate_error(exc: BaseException, *, secrets: Iterable[str] = ()) -> ProviderError:
     """The ``worker.errors`` twin of a litellm (or other) exception, with a message made of
     the class name, the status code and a redacted, truncated provider message."""
-    error_type, retryable = _classify(exc)
+    error_type = _classify(exc)
+    retryable = error_type in _RETRYABLE
     status = _status_code(exc)
     if error_type == "rate_limited":
         status = 429
