@@ -26,7 +26,6 @@ from worker.prices import TokenUsage
 from worker.provider import (
     Completion,
     Provider,
-    attempts_of,
     litellm,  # imported through worker.provider, which keeps it offline
     redact,
     translate_error,
@@ -148,7 +147,7 @@ async def test_429_storm_is_retried_max_retries_times_then_raised(
     assert error.error_type == "rate_limited"
     assert error.status_code == 429
     assert error.retryable
-    assert attempts_of(error) == 4
+    assert error.attempts == 4
     assert [attempt for attempt, _ in hook.calls] == [1, 2, 3]
     assert fake.stats.requests_total == 4  # litellm and openai retried nothing themselves
 
@@ -178,7 +177,7 @@ async def test_500_is_retryable_server_error(fake: FakeProviderServer) -> None:
 
     assert caught.value.error_type == "server_error"
     assert caught.value.status_code == 500
-    assert attempts_of(caught.value) == 3
+    assert caught.value.attempts == 3
     assert fake.stats.by_status == {500: 3}
 
 
@@ -204,7 +203,7 @@ async def test_400_is_permanent_and_not_retried(fake: FakeProviderServer) -> Non
 
     assert caught.value.error_type == "bad_request"
     assert caught.value.status_code == 400
-    assert attempts_of(caught.value) == 1
+    assert caught.value.attempts == 1
     assert hook.calls == []
     assert fake.stats.requests_total == 1
 
@@ -223,7 +222,7 @@ async def test_authentication_failure_is_permanent(fake: FakeProviderServer) -> 
 
     assert caught.value.error_type == "authentication_error"
     assert caught.value.status_code == 401
-    assert attempts_of(caught.value) == 1
+    assert caught.value.attempts == 1
 
 
 async def test_refused_connection_is_a_retryable_connection_error() -> None:
@@ -235,7 +234,7 @@ async def test_refused_connection_is_a_retryable_connection_error() -> None:
 
     assert caught.value.error_type == "connection_error"
     assert caught.value.status_code is None
-    assert attempts_of(caught.value) == 2
+    assert caught.value.attempts == 2
     assert len(hook.calls) == 1
 
 
@@ -247,7 +246,7 @@ async def test_slow_provider_is_a_retryable_timeout(fake: FakeProviderServer) ->
 
     assert caught.value.error_type == "timeout"
     assert caught.value.status_code is None
-    assert attempts_of(caught.value) == 1
+    assert caught.value.attempts == 1
 
 
 async def test_a_reply_trickled_byte_by_byte_still_ends_at_the_deadline() -> None:
@@ -707,3 +706,8 @@ def test_a_bare_timeout_says_the_attempt_ran_out_of_time() -> None:
     assert str(translate_error(TimeoutError())) == (
         "TimeoutError: no complete reply before the attempt's deadline"
     )
+
+
+def test_the_translated_error_carries_the_calls_made() -> None:
+    assert translate_error(RuntimeError("boom")).attempts == 1
+    assert translate_error(bare(litellm_exceptions.RateLimitError), attempts=3).attempts == 3

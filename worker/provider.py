@@ -164,8 +164,8 @@ class Provider:
         before_retry: RetryHook | None = None,
     ) -> Completion:
         """Call ``entry``'s model. Raises ``RetryableProviderError`` (retries exhausted) or
-        ``PermanentProviderError``; either carries ``attempts``, the number of calls made
-        (read it with ``attempts_of``). An exception from ``before_retry`` ends the call
+        ``PermanentProviderError``; either carries ``attempts``, the number of calls
+        made. An exception from ``before_retry`` ends the call
         and propagates as it is (the worker's lease could not be extended: stop)."""
         # The model list's litellm_params win over the job's params, and the worker's own
         # settings win over both: a job can never redirect a call or change its retries.
@@ -186,8 +186,8 @@ class Provider:
                 async with asyncio.timeout(deadline_s):
                     response = await litellm.acompletion(**kwargs)
             except Exception as exc:
-                error = translate_error(exc, secrets=_secrets(entry.litellm_params, messages))
-                error.attempts = attempt  # type: ignore[attr-defined]
+                secrets = _secrets(entry.litellm_params, messages)
+                error = translate_error(exc, secrets=secrets, attempts=attempt)
                 if not error.retryable or attempt > self.max_retries:
                     raise error from None
                 delay_s = self.retry_delay_s(attempt, _retry_after_s(exc))
@@ -411,9 +411,12 @@ def _classify(exc: BaseException) -> str:
     return error_type
 
 
-def translate_error(exc: BaseException, *, secrets: Iterable[str] = ()) -> ProviderError:
-    """The ``worker.errors`` twin of a litellm (or other) exception, with a message made of
-    the class name, the status code and a redacted, truncated provider message."""
+def translate_error(
+    exc: BaseException, *, secrets: Iterable[str] = (), attempts: int = 1
+) -> ProviderError:
+    """The ``worker.errors`` twin of a litellm (or other) exception, after ``attempts``
+    calls, with a message made of the class name, the status code and a redacted,
+    truncated provider message."""
     error_type = _classify(exc)
     retryable = error_type in _RETRYABLE
     status = _status_code(exc)
@@ -427,7 +430,7 @@ def translate_error(exc: BaseException, *, secrets: Iterable[str] = ()) -> Provi
         detail = "no complete reply before the attempt's deadline"
     message = f"{head}: {detail}" if detail else head
     cls = RetryableProviderError if retryable else PermanentProviderError
-    return cls(error_type, message, status_code=status)
+    return cls(error_type, message, status_code=status, attempts=attempts)
 
 
 def _retry_after_s(exc: BaseException) -> float | None:
@@ -451,9 +454,3 @@ def _retry_after_s(exc: BaseException) -> float | None:
     except (TypeError, ValueError, OverflowError):
         return None
     return max(delay_s, 0.0) if math.isfinite(delay_s) else None
-
-
-def attempts_of(error: BaseException) -> int:
-    """How many calls a failed ``Provider.complete`` made (1 for errors raised elsewhere)."""
-    attempts = getattr(error, "attempts", 1)
-    return attempts if isinstance(attempts, int) else 1
