@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import random
 import re
@@ -30,6 +29,7 @@ from worker import offline  # noqa: F401  (first: it keeps litellm offline)
 from worker.errors import PermanentProviderError, ProviderError, RetryableProviderError
 from worker.pricebook import usage_of
 from worker.prices import TokenUsage
+from worker.redact import redact, secrets_of
 
 # isort: split
 
@@ -87,7 +87,6 @@ RetryHook = Callable[[int, float], Awaitable[None]]
 """``before_retry(attempt, delay_s)``: called after failed attempt ``attempt`` (1-based),
 before sleeping ``delay_s`` and trying again."""
 
-_MESSAGE_MAX_CHARS = 300
 _DEADLINE_GRACE_S = 1.0
 
 
@@ -186,7 +185,7 @@ class Provider:
                 async with asyncio.timeout(deadline_s):
                     response = await litellm.acompletion(**kwargs)
             except Exception as exc:
-                secrets = _secrets(entry.litellm_params, messages)
+                secrets = secrets_of(entry.litellm_params, messages)
                 error = translate_error(exc, secrets=secrets, attempts=attempt)
                 if not error.retryable or attempt > self.max_retries:
                     raise error from None
@@ -221,103 +220,7 @@ def _completion(response: Any, attempts: int) -> Completion:
 
 # --- Error translation ------------------------------------------------------------------
 
-_KEY_PATTERN = re.compile(
-    r"(?i)(?:sk|pk|rk)-[A-Za-z0-9_\-]{3,}"  # OpenAI/Anthropic-style keys
-    r"|bearer\s+[^\s\"',;]+"  # Authorization header values
-    r"|(?:api[_-]?key|x-api-key|authorization|token|secret|password)\s*[\"']?\s*[:=]\s*[\"']?"
-    r"(?:bearer\s+)?[^\s\"',;}]+"
-    r"|AIza[0-9A-Za-z_\-]{20,}"  # Google API keys
-)
 _LITELLM_PREFIX = re.compile(r"^(?:litellm\.\w+:\s*)?(?:\w+Error:\s*)?(?:\w+Exception\s*-\s*)?")
-_SECRET_PARAM = re.compile(r"(?i)key|token|secret|password|credential")
-_MIN_PROMPT_FRAGMENT = 8
-_FRAGMENT_CHARS = 16  # quoted runs of a secret's text from about this long are removed
-
-
-def _secrets(litellm_params: Mapping[str, Any], messages: Iterable[Any]) -> list[str]:
-    """Strings that must not appear in an error message: credentials from the model list
-    and the prompt's text."""
-    found = [
-        value
-        for key, value in litellm_params.items()
-        if isinstance(value, str) and _SECRET_PARAM.search(key) and value
-    ]
-    for message in messages:
-        if not isinstance(message, Mapping):
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            found.append(content)
-        elif isinstance(content, list):
-            found.extend(
-                part["text"]
-                for part in content
-                if isinstance(part, Mapping) and isinstance(part.get("text"), str)
-            )
-    return [s for s in found if len(s) >= _MIN_PROMPT_FRAGMENT]
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` without known secrets, anything shaped like a key, and capped in length.
-
-    A provider may quote a secret in another form than it was sent: cut short, or
-    escaped as JSON or as a Python repr. Each secret is removed verbatim and in those
-    escaped forms, and then every run of ``_FRAGMENT_CHARS`` or more characters that
-    also occurs in one of those forms is removed as well.
-    """
-    forms = sorted(
-        {form for secret in secrets for form in _quoted_forms(secret)}, key=len, reverse=True
-    )
-    for form in forms:
-        if form in text:
-            text = text.replace(form, "[redacted]")
-    # Fragments are searched in a bounded prefix: the message is capped below anyway.
-    text = _without_fragments(text[: 2 * _MESSAGE_MAX_CHARS], "\0".join(forms))
-    text = _KEY_PATTERN.sub("[redacted]", text)
-    text = " ".join(text.split())
-    if len(text) > _MESSAGE_MAX_CHARS:
-        text = text[: _MESSAGE_MAX_CHARS - 3] + "..."
-    return text
-
-
-def _quoted_forms(secret: str) -> set[str]:
-    """``secret`` as it may be quoted back: as sent, JSON-escaped (ASCII or not), repr."""
-    forms = {
-        secret,
-        json.dumps(secret)[1:-1],
-        json.dumps(secret, ensure_ascii=False)[1:-1],
-        repr(secret)[1:-1],
-    }
-    return {form for form in forms if len(form) >= _MIN_PROMPT_FRAGMENT}
-
-
-def _without_fragments(text: str, haystack: str) -> str:
-    """``text`` with the runs of characters that also occur in ``haystack`` replaced by
-    ``[redacted]``: every such run of 23 characters or more (``_FRAGMENT_CHARS`` plus
-    the probe step, less one), and shorter ones down to ``_FRAGMENT_CHARS`` found next
-    to a probe. Windows are probed every ``_FRAGMENT_CHARS // 2`` characters and refined
-    only around a hit: a few dozen substring searches for a prompt of the largest
-    allowed size."""
-    width, step = _FRAGMENT_CHARS, _FRAGMENT_CHARS // 2
-    if not haystack or len(text) < width:
-        return text
-    last = len(text) - width
-    hidden = [False] * len(text)
-    for aligned in range(0, last + 1, step):
-        if text[aligned : aligned + width] not in haystack:
-            continue
-        for start in range(max(0, aligned - step + 1), min(last, aligned + step - 1) + 1):
-            if text[start : start + width] in haystack:
-                hidden[start : start + width] = [True] * width
-    if not any(hidden):
-        return text
-    out: list[str] = []
-    for index, char in enumerate(text):
-        if not hidden[index]:
-            out.append(char)
-        elif index == 0 or not hidden[index - 1]:
-            out.append("[redacted]")
-    return "".join(out)
 
 
 def _provider_message(exc: BaseException) -> str:
