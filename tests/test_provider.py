@@ -19,6 +19,7 @@ import openai
 import pytest
 from aiohttp import web
 
+from worker import startup
 from worker.dev.fake_provider import FakeProviderConfig, FakeProviderServer, start_fake_provider
 from worker.errors import PermanentProviderError, ProviderError, RetryableProviderError
 from worker.models import ModelEntry, load_models
@@ -27,13 +28,19 @@ from worker.prices import TokenUsage
 from worker.provider import (
     Completion,
     Provider,
-    litellm,  # imported through worker.provider, which keeps it offline
+    litellm,
     translate_error,
 )
 
 DATA = Path(__file__).parent / "data"
 SECRET = "sk-live-SECRET123"
 PROMPT = [{"role": "user", "content": f"Please keep this private: {SECRET} and my diary."}]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def prepared() -> None:
+    """litellm set up as the worker sets it up."""
+    startup.prepare()
 
 
 @pytest.fixture

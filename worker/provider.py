@@ -1,10 +1,11 @@
 """Model calls through ``litellm.acompletion``: timeouts, bounded retries, error translation.
 
 This module and ``worker.pricebook`` (prices and usage) are the only ones that import
-litellm, both after ``worker.offline``: the cost map is read from litellm's bundled copy and
-tiktoken from litellm's bundled BPE files. litellm's own retries, Router, callbacks and
-debug banners are all off: the worker retries itself, so that it can extend its
-reservation's lease before each retry and report how many attempts a job took.
+litellm, and only where its cost map is read from its bundled copy (see
+``worker.startup``). Importing this module changes nothing in litellm: the start-up step
+calls ``configure_litellm``, which turns litellm's own retries, callbacks and debug
+banners off (the worker retries itself, so that it can extend its reservation's lease
+before each retry and report how many attempts a job took) and warms it up.
 
 litellm exceptions are translated here, once, into ``worker.errors``; the translated
 message is built from the exception's class, status code and a short, redacted provider
@@ -25,13 +26,14 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from worker import offline  # noqa: F401  (first: it keeps litellm offline)
+from worker import startup
 from worker.errors import PermanentProviderError, ProviderError, RetryableProviderError
 from worker.pricebook import usage_of
 from worker.prices import TokenUsage
 from worker.redact import redact, secrets_of
 
-# isort: split
+# A check, not a setting: litellm reads its cost map when imported, and must read its own.
+startup.require_local_cost_map()
 
 import litellm
 import openai  # litellm's dependency; its connection/timeout errors are chained
@@ -54,14 +56,19 @@ if TYPE_CHECKING:
     from worker.models import ModelEntry
     from worker.settings import Settings
 
-litellm.suppress_debug_info = True
-litellm.telemetry = False
-litellm.num_retries = None
-litellm.callbacks = []
-litellm.success_callback = []
-litellm.failure_callback = []
-litellm.input_callback = []
-litellm.service_callback = []
+
+def configure_litellm() -> None:
+    """litellm's process-wide settings for the worker, and its first-use work done now.
+    Called once, by ``worker.startup.prepare``."""
+    litellm.suppress_debug_info = True
+    litellm.telemetry = False
+    litellm.num_retries = None
+    litellm.callbacks = []
+    litellm.success_callback = []
+    litellm.failure_callback = []
+    litellm.input_callback = []
+    litellm.service_callback = []
+    _warm_up()
 
 
 def _warm_up() -> None:
@@ -80,8 +87,6 @@ def _warm_up() -> None:
             num_retries=0,
         )
 
-
-_warm_up()
 
 RetryHook = Callable[[int, float], Awaitable[None]]
 """``before_retry(attempt, delay_s)``: called after failed attempt ``attempt`` (1-based),
