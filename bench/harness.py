@@ -680,8 +680,10 @@ async def bare_litellm(
     """``calls`` litellm.acompletion calls with ``concurrency`` in flight, the same
     arguments the worker's provider passes. Completion times are relative to the start.
     ``freeze``: hide the start-up objects from the garbage collector, as the worker does."""
-    # Through the worker's provider module: it sets litellm up offline (cost map,
-    # tokenizer files) before litellm's first import, and warms it up, as in the worker.
+    # Set up as in the worker: offline (cost map, tokenizer files) and warmed up.
+    from worker import startup
+
+    startup.prepare()
     from worker.provider import litellm  # type: ignore[attr-defined]
 
     if freeze:  # imported only here: the plain client must not carry the worker's objects

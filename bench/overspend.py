@@ -205,7 +205,10 @@ async def _shared_callers(spec: Spec) -> dict[str, Any]:
 
 
 async def _budget_manager_callers(spec: Spec) -> dict[str, Any]:
-    # Through the worker's provider module, which sets litellm up offline first.
+    # Set up as in the worker: offline (cost map, tokenizer files) and warmed up.
+    from worker import startup
+
+    startup.prepare()
     from worker.provider import litellm  # type: ignore[attr-defined]
 
     class QuietBudgetManager(litellm.BudgetManager):  # type: ignore[misc,name-defined]

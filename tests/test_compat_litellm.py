@@ -19,7 +19,7 @@ import pytest
 
 from worker import ledger
 from worker.compat import BudgetExceeded, BudgetManager
-from worker.provider import litellm  # first: it keeps litellm offline
+from worker.provider import litellm
 
 PROMPT = [{"role": "user", "content": "Hey, how's it going?"}]
 

@@ -139,6 +139,18 @@ async def test_a_failed_call_is_released_and_answered_failed(rig: InProcess) -> 
     )
 
 
+async def test_a_failed_event_reports_the_calls_its_error_counted(rig: InProcess) -> None:
+    def fail(call: Call) -> Any:
+        raise RetryableProviderError("rate_limited", "RateLimitError (status 429)", attempts=3)
+
+    rig.provider.handler = fail
+    outcome = await rig.jobs.run(decoded("j1"))
+
+    assert isinstance(outcome.event, CompletionFailed)
+    assert (outcome.event.error_type, outcome.event.attempts) == ("rate_limited", 3)
+    assert outcome.event.retryable
+
+
 async def test_a_delivery_waits_for_another_that_runs_the_job_and_answers_its_outcome(
     rig: InProcess,
 ) -> None:

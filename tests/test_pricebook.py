@@ -27,7 +27,7 @@ from worker.errors import ConfigError
 from worker.models import load_models
 from worker.pricebook import cost_map_price, litellm_usage, price_of, usage_of
 from worker.prices import ModelPrice, TokenUsage
-from worker.provider import Provider, litellm  # litellm through the provider: offline
+from worker.provider import Provider, litellm
 
 # isort: split
 
@@ -354,6 +354,8 @@ def test_a_model_named_by_a_login_provider_is_priced_without_any_network(tmp_pat
         socket.socket.connect = refuse
         socket.socket.connect_ex = refuse
 
+        from worker import startup
+        startup.prepare()
         from worker.pricebook import price_of
         from worker.errors import ConfigError
         for model in ("chatgpt/gpt-5.2", "github_copilot/gpt-4o", "openai/gpt-4o-mini"):

@@ -1,9 +1,11 @@
 """Provider.complete through litellm.acompletion over real HTTP to the fake provider:
-responses and usage, bounded retries, error translation and redaction."""
+responses and usage, bounded retries, error translation, and no secret in an error
+(redaction itself is tested in test_redact)."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -12,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import litellm.exceptions as litellm_exceptions
+import openai
 import pytest
 from aiohttp import web
 
+from worker import startup
 from worker.dev.fake_provider import FakeProviderConfig, FakeProviderServer, start_fake_provider
 from worker.errors import PermanentProviderError, ProviderError, RetryableProviderError
 from worker.models import ModelEntry, load_models
@@ -23,15 +28,19 @@ from worker.prices import TokenUsage
 from worker.provider import (
     Completion,
     Provider,
-    attempts_of,
-    litellm,  # imported through worker.provider, which keeps it offline
-    redact,
+    litellm,
     translate_error,
 )
 
 DATA = Path(__file__).parent / "data"
 SECRET = "sk-live-SECRET123"
 PROMPT = [{"role": "user", "content": f"Please keep this private: {SECRET} and my diary."}]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def prepared() -> None:
+    """litellm set up as the worker sets it up."""
+    startup.prepare()
 
 
 @pytest.fixture
@@ -145,7 +154,7 @@ async def test_429_storm_is_retried_max_retries_times_then_raised(
     assert error.error_type == "rate_limited"
     assert error.status_code == 429
     assert error.retryable
-    assert attempts_of(error) == 4
+    assert error.attempts == 4
     assert [attempt for attempt, _ in hook.calls] == [1, 2, 3]
     assert fake.stats.requests_total == 4  # litellm and openai retried nothing themselves
 
@@ -175,7 +184,7 @@ async def test_500_is_retryable_server_error(fake: FakeProviderServer) -> None:
 
     assert caught.value.error_type == "server_error"
     assert caught.value.status_code == 500
-    assert attempts_of(caught.value) == 3
+    assert caught.value.attempts == 3
     assert fake.stats.by_status == {500: 3}
 
 
@@ -201,7 +210,7 @@ async def test_400_is_permanent_and_not_retried(fake: FakeProviderServer) -> Non
 
     assert caught.value.error_type == "bad_request"
     assert caught.value.status_code == 400
-    assert attempts_of(caught.value) == 1
+    assert caught.value.attempts == 1
     assert hook.calls == []
     assert fake.stats.requests_total == 1
 
@@ -220,7 +229,7 @@ async def test_authentication_failure_is_permanent(fake: FakeProviderServer) -> 
 
     assert caught.value.error_type == "authentication_error"
     assert caught.value.status_code == 401
-    assert attempts_of(caught.value) == 1
+    assert caught.value.attempts == 1
 
 
 async def test_refused_connection_is_a_retryable_connection_error() -> None:
@@ -232,7 +241,7 @@ async def test_refused_connection_is_a_retryable_connection_error() -> None:
 
     assert caught.value.error_type == "connection_error"
     assert caught.value.status_code is None
-    assert attempts_of(caught.value) == 2
+    assert caught.value.attempts == 2
     assert len(hook.calls) == 1
 
 
@@ -244,7 +253,7 @@ async def test_slow_provider_is_a_retryable_timeout(fake: FakeProviderServer) ->
 
     assert caught.value.error_type == "timeout"
     assert caught.value.status_code is None
-    assert attempts_of(caught.value) == 1
+    assert caught.value.attempts == 1
 
 
 async def test_a_reply_trickled_byte_by_byte_still_ends_at_the_deadline() -> None:
@@ -360,22 +369,6 @@ async def test_error_messages_hold_neither_the_key_nor_the_prompt(
     assert caught.value.__suppress_context__
 
 
-def test_redact_removes_keys_bearer_tokens_and_known_secrets() -> None:
-    text = (
-        "Incorrect API key provided: sk-proj-abcDEF123. Authorization: Bearer eyJhbGciOi.x "
-        "api_key=hunter2hunter2 and the prompt was: my secret diary entry"
-    )
-
-    cleaned = redact(text, ["my secret diary entry"])
-
-    for leaked in ("sk-proj-abcDEF123", "eyJhbGciOi", "hunter2hunter2", "diary"):
-        assert leaked not in cleaned
-
-
-def test_redact_truncates_long_messages() -> None:
-    assert len(redact("x" * 10_000)) <= 300
-
-
 def litellm_response(status: int) -> httpx.Response:
     return httpx.Response(status, request=httpx.Request("POST", "http://provider.invalid/v1"))
 
@@ -464,3 +457,248 @@ def test_backoff_grows_exponentially_with_bounded_jitter_and_a_cap() -> None:
         assert p.retry_delay_s(4) == 3.0
     assert p.retry_delay_s(1, retry_after_s=2.0) == 2.0
     assert p.retry_delay_s(1, retry_after_s=30.0) == 3.0
+
+
+# --- Every foreign exception type, pinned ------------------------------------------------
+# Each exception class litellm, openai and httpx export (and the built-ins a call can
+# raise), as translate_error maps a bare instance of it: (error_type, retryable,
+# status_code). A new class in a library upgrade, or a changed mapping, fails here.
+
+ERROR_TABLE: list[tuple[type[Exception], str, bool, int | None]] = [
+    (litellm_exceptions.APIConnectionError, "connection_error", True, None),
+    (litellm_exceptions.APIError, "provider_error", False, None),
+    (litellm_exceptions.APIResponseValidationError, "provider_error", False, None),
+    (litellm_exceptions.AuthenticationError, "authentication_error", False, 401),
+    (litellm_exceptions.BadGatewayError, "server_error", True, None),
+    (litellm_exceptions.BadRequestError, "bad_request", False, 400),
+    (litellm_exceptions.BlockedPiiEntityError, "provider_error", False, None),
+    (litellm_exceptions.BudgetExceededError, "provider_error", False, None),
+    (litellm_exceptions.CallerCredentialAuthenticationError, "authentication_error", False, 401),
+    (litellm_exceptions.CallerCredentialRateLimitError, "rate_limited", True, 429),
+    (litellm_exceptions.ContentPolicyViolationError, "bad_request", False, 400),
+    (litellm_exceptions.ContextWindowExceededError, "context_window_exceeded", False, 400),
+    (litellm_exceptions.EndpointNotSupportedByModelError, "bad_request", False, 400),
+    (litellm_exceptions.GuardrailRaisedException, "provider_error", False, None),
+    (litellm_exceptions.ImageFetchError, "bad_request", False, 400),
+    (litellm_exceptions.InternalServerError, "server_error", True, None),
+    (litellm_exceptions.InvalidRequestError, "provider_error", False, 400),
+    (litellm_exceptions.JSONSchemaValidationError, "provider_error", False, None),
+    (litellm_exceptions.LiteLLMUnknownProvider, "bad_request", False, 400),
+    (litellm_exceptions.MalformedRequestFieldError, "bad_request", False, 400),
+    (litellm_exceptions.MidStreamFallbackError, "server_error", True, None),
+    (litellm_exceptions.MockException, "provider_error", False, None),
+    (litellm_exceptions.ModelNotMappedError, "provider_error", False, None),
+    (litellm_exceptions.ModifyResponseException, "provider_error", False, None),
+    (litellm_exceptions.NotFoundError, "not_found", False, 404),
+    (litellm_exceptions.OpenAIError, "provider_error", False, None),
+    (litellm_exceptions.PaymentRequiredError, "bad_request", False, 400),
+    (litellm_exceptions.PermissionDeniedError, "permission_denied", False, 403),
+    (litellm_exceptions.RateLimitError, "rate_limited", True, 429),
+    (litellm_exceptions.RejectedRequestError, "bad_request", False, 400),
+    (litellm_exceptions.SensitiveDataRouteException, "provider_error", False, None),
+    (litellm_exceptions.ServiceUnavailableError, "server_error", True, None),
+    (litellm_exceptions.Timeout, "timeout", True, None),
+    (litellm_exceptions.UnprocessableEntityError, "provider_error", False, 422),
+    (litellm_exceptions.UnsupportedEndpointError, "bad_request", False, 400),
+    (litellm_exceptions.UnsupportedParamsError, "bad_request", False, 400),
+    (litellm_exceptions.VectorStoreSearchError, "bad_request", False, 400),
+    (openai.APIConnectionError, "provider_error", False, None),
+    (openai.APIError, "provider_error", False, None),
+    (openai.APIResponseValidationError, "provider_error", False, None),
+    (openai.APIStatusError, "provider_error", False, None),
+    (openai.APITimeoutError, "timeout", True, None),
+    (openai.AuthenticationError, "provider_error", False, 401),
+    (openai.BadRequestError, "provider_error", False, 400),
+    (openai.ConflictError, "provider_error", False, 409),
+    (openai.ContentFilterFinishReasonError, "provider_error", False, None),
+    (openai.InternalServerError, "provider_error", False, None),
+    (openai.InvalidWebhookSignatureError, "provider_error", False, None),
+    (openai.LengthFinishReasonError, "provider_error", False, None),
+    (openai.NotFoundError, "provider_error", False, 404),
+    (openai.OAuthError, "provider_error", False, 401),
+    (openai.OpenAIError, "provider_error", False, None),
+    (openai.PermissionDeniedError, "provider_error", False, 403),
+    (openai.RateLimitError, "rate_limited", True, 429),
+    (openai.UnprocessableEntityError, "provider_error", False, 422),
+    (openai.WebSocketConnectionClosedError, "provider_error", False, None),
+    (openai.WebSocketQueueFullError, "provider_error", False, None),
+    (httpx.CloseError, "provider_error", False, None),
+    (httpx.ConnectError, "provider_error", False, None),
+    (httpx.ConnectTimeout, "provider_error", False, None),
+    (httpx.CookieConflict, "provider_error", False, None),
+    (httpx.DecodingError, "provider_error", False, None),
+    (httpx.HTTPError, "provider_error", False, None),
+    (httpx.HTTPStatusError, "provider_error", False, None),
+    (httpx.InvalidURL, "provider_error", False, None),
+    (httpx.LocalProtocolError, "provider_error", False, None),
+    (httpx.NetworkError, "provider_error", False, None),
+    (httpx.PoolTimeout, "provider_error", False, None),
+    (httpx.ProtocolError, "provider_error", False, None),
+    (httpx.ProxyError, "provider_error", False, None),
+    (httpx.ReadError, "provider_error", False, None),
+    (httpx.ReadTimeout, "provider_error", False, None),
+    (httpx.RemoteProtocolError, "provider_error", False, None),
+    (httpx.RequestError, "provider_error", False, None),
+    (httpx.RequestNotRead, "provider_error", False, None),
+    (httpx.ResponseNotRead, "provider_error", False, None),
+    (httpx.StreamClosed, "provider_error", False, None),
+    (httpx.StreamConsumed, "provider_error", False, None),
+    (httpx.StreamError, "provider_error", False, None),
+    (httpx.TimeoutException, "provider_error", False, None),
+    (httpx.TooManyRedirects, "provider_error", False, None),
+    (httpx.TransportError, "provider_error", False, None),
+    (httpx.UnsupportedProtocol, "provider_error", False, None),
+    (httpx.WriteError, "provider_error", False, None),
+    (httpx.WriteTimeout, "provider_error", False, None),
+    (TimeoutError, "timeout", True, None),
+    (ConnectionError, "provider_error", False, None),
+    (OSError, "provider_error", False, None),
+    (RuntimeError, "provider_error", False, None),
+    (ValueError, "provider_error", False, None),
+]
+
+
+def bare(cls: type[Exception], status_code: int | None = None) -> Exception:
+    """An instance of ``cls`` without its constructor (each library's takes other
+    arguments): only what translate_error reads is set."""
+    exc = cls.__new__(cls)
+    exc.message = "boom"  # type: ignore[attr-defined]
+    if status_code is not None:
+        exc.status_code = status_code  # type: ignore[attr-defined]
+    for name in ("num_retries", "max_retries", "litellm_debug_info", "llm_provider", "model"):
+        setattr(exc, name, None)
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("cls", "error_type", "retryable", "status_code"),
+    ERROR_TABLE,
+    ids=[f"{cls.__module__}.{cls.__name__}" for cls, *_ in ERROR_TABLE],
+)
+def test_each_foreign_exception_type_translates_as_pinned(
+    cls: type[Exception], error_type: str, retryable: bool, status_code: int | None
+) -> None:
+    error = translate_error(bare(cls))
+
+    assert type(error) is (RetryableProviderError if retryable else PermanentProviderError)
+    assert (error.error_type, error.retryable, error.status_code) == (
+        error_type,
+        retryable,
+        status_code,
+    )
+
+
+def test_every_exception_class_of_litellm_openai_and_httpx_is_pinned() -> None:
+    pinned = {cls for cls, *_ in ERROR_TABLE}
+    exported = {
+        value
+        for module in (litellm_exceptions, openai, httpx)
+        for name, value in list(vars(module).items())
+        if inspect.isclass(value) and issubclass(value, Exception) and not name.startswith("_")
+    }
+
+    assert exported - pinned == set()
+
+
+@pytest.mark.parametrize(
+    ("exception", "error_type", "retryable", "status_code"),
+    [
+        (bare(litellm_exceptions.APIError, 429), "rate_limited", True, 429),
+        (bare(litellm_exceptions.APIError, 500), "server_error", True, 500),
+        (bare(litellm_exceptions.APIError, 503), "server_error", True, 503),
+        (bare(litellm_exceptions.APIError, 418), "provider_error", False, 418),
+        (bare(litellm_exceptions.APIError, 400), "provider_error", False, 400),
+        (bare(openai.APIStatusError, 429), "rate_limited", True, 429),
+        (bare(openai.InternalServerError, 500), "server_error", True, 500),
+        (bare(openai.APIConnectionError, 502), "server_error", True, 502),
+        (bare(litellm_exceptions.InternalServerError, 500), "server_error", True, 500),
+        (bare(litellm_exceptions.ServiceUnavailableError, 503), "server_error", True, 503),
+        (bare(litellm_exceptions.RateLimitError, 503), "rate_limited", True, 429),
+        (bare(litellm_exceptions.Timeout, 408), "timeout", True, None),
+        (bare(litellm_exceptions.APIConnectionError, 500), "connection_error", True, None),
+        (bare(litellm_exceptions.BadRequestError, 422), "bad_request", False, 422),
+        (bare(RuntimeError, 503), "provider_error", False, 503),
+    ],
+)
+def test_status_codes_decide_for_api_errors_only(
+    exception: Exception, error_type: str, retryable: bool, status_code: int | None
+) -> None:
+    error = translate_error(exception)
+
+    assert (error.error_type, error.retryable, error.status_code) == (
+        error_type,
+        retryable,
+        status_code,
+    )
+
+
+def caused_by(error: Exception, cause: BaseException, *, implicit: bool = False) -> Exception:
+    if implicit:
+        error.__context__ = cause
+    else:
+        error.__cause__ = cause
+    return error
+
+
+@pytest.mark.parametrize(
+    ("exception", "error_type"),
+    [
+        (caused_by(bare(le_server), bare(cause)), expected)
+        for le_server in (
+            litellm_exceptions.InternalServerError,
+            litellm_exceptions.ServiceUnavailableError,
+            litellm_exceptions.BadGatewayError,
+            litellm_exceptions.MidStreamFallbackError,
+        )
+        for cause, expected in (
+            (openai.APITimeoutError, "timeout"),
+            (litellm_exceptions.Timeout, "timeout"),
+            (openai.APIConnectionError, "connection_error"),
+            (litellm_exceptions.APIConnectionError, "connection_error"),
+            (httpx.ConnectError, "server_error"),
+            (TimeoutError, "server_error"),
+        )
+    ]
+    + [
+        (
+            caused_by(
+                bare(litellm_exceptions.InternalServerError),
+                bare(openai.APITimeoutError),
+                implicit=True,
+            ),
+            "timeout",
+        ),
+        (
+            caused_by(
+                bare(litellm_exceptions.InternalServerError),
+                caused_by(bare(RuntimeError), bare(openai.APIConnectionError)),
+            ),
+            "connection_error",
+        ),
+        (
+            caused_by(bare(litellm_exceptions.BadRequestError), bare(openai.APITimeoutError)),
+            "bad_request",
+        ),
+        (caused_by(bare(RuntimeError), bare(openai.APIConnectionError)), "provider_error"),
+    ],
+)
+def test_a_server_error_caused_by_a_timeout_or_lost_connection_is_named_for_its_cause(
+    exception: Exception, error_type: str
+) -> None:
+    error = translate_error(exception)
+
+    assert error.error_type == error_type
+    assert error.retryable is (error_type != "bad_request" and error_type != "provider_error")
+    if error_type in ("timeout", "connection_error"):
+        assert error.status_code is None
+
+
+def test_a_bare_timeout_says_the_attempt_ran_out_of_time() -> None:
+    assert str(translate_error(TimeoutError())) == (
+        "TimeoutError: no complete reply before the attempt's deadline"
+    )
+
+
+def test_the_translated_error_carries_the_calls_made() -> None:
+    assert translate_error(RuntimeError("boom")).attempts == 1
+    assert translate_error(bare(litellm_exceptions.RateLimitError), attempts=3).attempts == 3

@@ -28,6 +28,9 @@ app = typer.Typer(
 @app.command()
 def run() -> None:
     """Run one worker process: consume jobs, enforce budgets, call models, publish."""
+    from worker import startup
+
+    startup.prepare()  # before the service's modules import litellm
     from worker.metrics import check_port
     from worker.service import serve
 

@@ -56,7 +56,7 @@ from pydantic import ValidationError
 
 from schemas.jobs import CompletionJob, JobParams
 from schemas.money import nanousd_to_usd, usd_to_nanousd
-from worker import ledger, spend
+from worker import ledger, spend, startup
 from worker.errors import BudgetWorkerError, ConfigError, LedgerUnavailable
 from worker.estimate import estimate, framing_for, prompt_token_bound
 from worker.gate import LedgerGate
@@ -436,6 +436,7 @@ class AsyncBudgetManager:
         (a model list) names and prices the models of ``completion``, else litellm's
         names and cost map are used. Nothing is connected yet: ``async with`` (or
         :meth:`check`) finds out whether Redis answers."""
+        startup.prepare()
         self.project_name = project_name
         self.client_type = client_type
         settings = settings if settings is not None else Settings()

@@ -9,12 +9,15 @@ job) are return values; exceptions are for broken things.
     +-- LedgerError              a script answered something impossible (not retryable)
     +-- LeaseLost                a reservation's lease was lost or could not be renewed in
                                  time: its call is stopped (retryable: admit again)
-    +-- ProviderError            a model call failed
+    +-- ProviderError            a model call failed; ``error_type``, ``status_code`` and
+        |                        ``attempts`` (calls made) are fields, for events and metrics
         +-- RetryableProviderError   429, 5xx, timeouts, connection errors
         +-- PermanentProviderError   400, auth, context length, unknown model at provider
 
 Foreign exceptions (redis, litellm, aiokafka) are translated once, at the boundary
-module that imports that library, into the most specific class here.
+module that imports that library, into the most specific class here (litellm's by the
+table in ``worker.provider``). What callers need to know is a field of that class, never
+an attribute added to a foreign exception.
 """
 
 from __future__ import annotations
@@ -61,12 +64,22 @@ class LeaseLost(BudgetWorkerError):
 
 class ProviderError(BudgetWorkerError):
     """A model call failed. ``error_type`` is a stable short name for events and metrics;
-    the message never holds prompt text or secrets."""
+    ``status_code`` the provider's HTTP status when one arrived; ``attempts`` how many
+    calls were made before giving up (the failed event reports it). The message never
+    holds prompt text or secrets."""
 
-    def __init__(self, error_type: str, message: str, *, status_code: int | None = None) -> None:
+    def __init__(
+        self,
+        error_type: str,
+        message: str,
+        *,
+        status_code: int | None = None,
+        attempts: int = 1,
+    ) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.status_code = status_code
+        self.attempts = attempts
 
 
 class RetryableProviderError(ProviderError):

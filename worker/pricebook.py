@@ -2,7 +2,7 @@
 usage, read per call into ``TokenUsage``.
 
 This module and ``worker.provider`` are the only ones that import litellm. Everything here
-stays offline: prices come from litellm's bundled cost map (``worker.offline`` sees to
+stays offline: prices come from litellm's bundled cost map (``worker.startup`` sees to
 that before litellm's first import), and providers whose price litellm asks a running
 server for (Ollama, Lemonade) are refused rather than asked.
 
@@ -36,11 +36,12 @@ from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Any, Final
 
-from worker import offline  # noqa: F401  (first: it keeps litellm offline)
+from worker import startup
 from worker.errors import ConfigError
 from worker.prices import ModelPrice, PriceTier, Rates, TokenUsage, to_price
 
-# isort: split
+# A check, not a setting: litellm reads its cost map when imported, and must read its own.
+startup.require_local_cost_map()
 
 import litellm
 import litellm.utils

@@ -1,10 +1,11 @@
 """Model calls through ``litellm.acompletion``: timeouts, bounded retries, error translation.
 
 This module and ``worker.pricebook`` (prices and usage) are the only ones that import
-litellm, both after ``worker.offline``: the cost map is read from litellm's bundled copy and
-tiktoken from litellm's bundled BPE files. litellm's own retries, Router, callbacks and
-debug banners are all off: the worker retries itself, so that it can extend its
-reservation's lease before each retry and report how many attempts a job took.
+litellm, and only where its cost map is read from its bundled copy (see
+``worker.startup``). Importing this module changes nothing in litellm: the start-up step
+calls ``configure_litellm``, which turns litellm's own retries, callbacks and debug
+banners off (the worker retries itself, so that it can extend its reservation's lease
+before each retry and report how many attempts a job took) and warms it up.
 
 litellm exceptions are translated here, once, into ``worker.errors``; the translated
 message is built from the exception's class, status code and a short, redacted provider
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import random
 import re
@@ -24,14 +24,16 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-from worker import offline  # noqa: F401  (first: it keeps litellm offline)
+from worker import startup
 from worker.errors import PermanentProviderError, ProviderError, RetryableProviderError
 from worker.pricebook import usage_of
 from worker.prices import TokenUsage
+from worker.redact import redact, secrets_of
 
-# isort: split
+# A check, not a setting: litellm reads its cost map when imported, and must read its own.
+startup.require_local_cost_map()
 
 import litellm
 import openai  # litellm's dependency; its connection/timeout errors are chained
@@ -54,14 +56,19 @@ if TYPE_CHECKING:
     from worker.models import ModelEntry
     from worker.settings import Settings
 
-litellm.suppress_debug_info = True
-litellm.telemetry = False
-litellm.num_retries = None
-litellm.callbacks = []
-litellm.success_callback = []
-litellm.failure_callback = []
-litellm.input_callback = []
-litellm.service_callback = []
+
+def configure_litellm() -> None:
+    """litellm's process-wide settings for the worker, and its first-use work done now.
+    Called once, by ``worker.startup.prepare``."""
+    litellm.suppress_debug_info = True
+    litellm.telemetry = False
+    litellm.num_retries = None
+    litellm.callbacks = []
+    litellm.success_callback = []
+    litellm.failure_callback = []
+    litellm.input_callback = []
+    litellm.service_callback = []
+    _warm_up()
 
 
 def _warm_up() -> None:
@@ -81,13 +88,10 @@ def _warm_up() -> None:
         )
 
 
-_warm_up()
-
 RetryHook = Callable[[int, float], Awaitable[None]]
 """``before_retry(attempt, delay_s)``: called after failed attempt ``attempt`` (1-based),
 before sleeping ``delay_s`` and trying again."""
 
-_MESSAGE_MAX_CHARS = 300
 _DEADLINE_GRACE_S = 1.0
 
 
@@ -164,8 +168,8 @@ class Provider:
         before_retry: RetryHook | None = None,
     ) -> Completion:
         """Call ``entry``'s model. Raises ``RetryableProviderError`` (retries exhausted) or
-        ``PermanentProviderError``; either carries ``attempts``, the number of calls made
-        (read it with ``attempts_of``). An exception from ``before_retry`` ends the call
+        ``PermanentProviderError``; either carries ``attempts``, the number of calls
+        made. An exception from ``before_retry`` ends the call
         and propagates as it is (the worker's lease could not be extended: stop)."""
         # The model list's litellm_params win over the job's params, and the worker's own
         # settings win over both: a job can never redirect a call or change its retries.
@@ -186,8 +190,8 @@ class Provider:
                 async with asyncio.timeout(deadline_s):
                     response = await litellm.acompletion(**kwargs)
             except Exception as exc:
-                error = translate_error(exc, secrets=_secrets(entry.litellm_params, messages))
-                error.attempts = attempt  # type: ignore[attr-defined]
+                secrets = secrets_of(entry.litellm_params, messages)
+                error = translate_error(exc, secrets=secrets, attempts=attempt)
                 if not error.retryable or attempt > self.max_retries:
                     raise error from None
                 delay_s = self.retry_delay_s(attempt, _retry_after_s(exc))
@@ -221,103 +225,7 @@ def _completion(response: Any, attempts: int) -> Completion:
 
 # --- Error translation ------------------------------------------------------------------
 
-_KEY_PATTERN = re.compile(
-    r"(?i)(?:sk|pk|rk)-[A-Za-z0-9_\-]{3,}"  # OpenAI/Anthropic-style keys
-    r"|bearer\s+[^\s\"',;]+"  # Authorization header values
-    r"|(?:api[_-]?key|x-api-key|authorization|token|secret|password)\s*[\"']?\s*[:=]\s*[\"']?"
-    r"(?:bearer\s+)?[^\s\"',;}]+"
-    r"|AIza[0-9A-Za-z_\-]{20,}"  # Google API keys
-)
 _LITELLM_PREFIX = re.compile(r"^(?:litellm\.\w+:\s*)?(?:\w+Error:\s*)?(?:\w+Exception\s*-\s*)?")
-_SECRET_PARAM = re.compile(r"(?i)key|token|secret|password|credential")
-_MIN_PROMPT_FRAGMENT = 8
-_FRAGMENT_CHARS = 16  # quoted runs of a secret's text from about this long are removed
-
-
-def _secrets(litellm_params: Mapping[str, Any], messages: Iterable[Any]) -> list[str]:
-    """Strings that must not appear in an error message: credentials from the model list
-    and the prompt's text."""
-    found = [
-        value
-        for key, value in litellm_params.items()
-        if isinstance(value, str) and _SECRET_PARAM.search(key) and value
-    ]
-    for message in messages:
-        if not isinstance(message, Mapping):
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            found.append(content)
-        elif isinstance(content, list):
-            found.extend(
-                part["text"]
-                for part in content
-                if isinstance(part, Mapping) and isinstance(part.get("text"), str)
-            )
-    return [s for s in found if len(s) >= _MIN_PROMPT_FRAGMENT]
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` without known secrets, anything shaped like a key, and capped in length.
-
-    A provider may quote a secret in another form than it was sent: cut short, or
-    escaped as JSON or as a Python repr. Each secret is removed verbatim and in those
-    escaped forms, and then every run of ``_FRAGMENT_CHARS`` or more characters that
-    also occurs in one of those forms is removed as well.
-    """
-    forms = sorted(
-        {form for secret in secrets for form in _quoted_forms(secret)}, key=len, reverse=True
-    )
-    for form in forms:
-        if form in text:
-            text = text.replace(form, "[redacted]")
-    # Fragments are searched in a bounded prefix: the message is capped below anyway.
-    text = _without_fragments(text[: 2 * _MESSAGE_MAX_CHARS], "\0".join(forms))
-    text = _KEY_PATTERN.sub("[redacted]", text)
-    text = " ".join(text.split())
-    if len(text) > _MESSAGE_MAX_CHARS:
-        text = text[: _MESSAGE_MAX_CHARS - 3] + "..."
-    return text
-
-
-def _quoted_forms(secret: str) -> set[str]:
-    """``secret`` as it may be quoted back: as sent, JSON-escaped (ASCII or not), repr."""
-    forms = {
-        secret,
-        json.dumps(secret)[1:-1],
-        json.dumps(secret, ensure_ascii=False)[1:-1],
-        repr(secret)[1:-1],
-    }
-    return {form for form in forms if len(form) >= _MIN_PROMPT_FRAGMENT}
-
-
-def _without_fragments(text: str, haystack: str) -> str:
-    """``text`` with the runs of characters that also occur in ``haystack`` replaced by
-    ``[redacted]``: every such run of 23 characters or more (``_FRAGMENT_CHARS`` plus
-    the probe step, less one), and shorter ones down to ``_FRAGMENT_CHARS`` found next
-    to a probe. Windows are probed every ``_FRAGMENT_CHARS // 2`` characters and refined
-    only around a hit: a few dozen substring searches for a prompt of the largest
-    allowed size."""
-    width, step = _FRAGMENT_CHARS, _FRAGMENT_CHARS // 2
-    if not haystack or len(text) < width:
-        return text
-    last = len(text) - width
-    hidden = [False] * len(text)
-    for aligned in range(0, last + 1, step):
-        if text[aligned : aligned + width] not in haystack:
-            continue
-        for start in range(max(0, aligned - step + 1), min(last, aligned + step - 1) + 1):
-            if text[start : start + width] in haystack:
-                hidden[start : start + width] = [True] * width
-    if not any(hidden):
-        return text
-    out: list[str] = []
-    for index, char in enumerate(text):
-        if not hidden[index]:
-            out.append(char)
-        elif index == 0 or not hidden[index - 1]:
-            out.append("[redacted]")
-    return "".join(out)
 
 
 def _provider_message(exc: BaseException) -> str:
@@ -343,49 +251,82 @@ def _status_code(exc: BaseException) -> int | None:
     return None
 
 
-def _classify(exc: BaseException) -> tuple[str, bool]:
-    """``(error_type, retryable)``. Most specific class first: ContextWindowExceededError is
-    a BadRequestError, Timeout an APIConnectionError, and litellm reports a refused
-    connection as an InternalServerError whose cause is openai's APIConnectionError."""
-    if isinstance(exc, ContextWindowExceededError):
-        return "context_window_exceeded", False
-    if isinstance(exc, RateLimitError):
-        return "rate_limited", True
-    if isinstance(exc, Timeout | openai.APITimeoutError | TimeoutError):
-        return "timeout", True
-    if isinstance(exc, APIConnectionError):
-        return "connection_error", True
-    if isinstance(exc, BadRequestError):
-        return "bad_request", False
-    if isinstance(exc, AuthenticationError):
-        return "authentication_error", False
-    if isinstance(exc, PermissionDeniedError):
-        return "permission_denied", False
-    if isinstance(exc, NotFoundError):
-        return "not_found", False
-    if isinstance(
-        exc,
-        InternalServerError | ServiceUnavailableError | BadGatewayError,
-    ):
-        for cause in _chain(exc):
-            if isinstance(cause, openai.APITimeoutError):
-                return "timeout", True
-            if isinstance(cause, openai.APIConnectionError):
-                return "connection_error", True
-        return "server_error", True
-    status = _status_code(exc)
-    if isinstance(exc, APIError | openai.APIError) and status is not None:
-        if status == 429:
-            return "rate_limited", True
-        if status >= 500:
-            return "server_error", True
-    return "provider_error", False
+# Each foreign exception type a call can raise, and the ``error_type`` it is reported as.
+# An exception takes the entry of the first class of its MRO found here, so the most
+# specific class wins: ContextWindowExceededError is a BadRequestError, Timeout an
+# APIConnectionError, litellm's CallerCredentialRateLimitError a RateLimitError.
+# ``_BY_STATUS``: the status code decides (openai's errors, litellm's bare APIError).
+_BY_STATUS: Final = "by status"
+_ERROR_TYPES: Final[Mapping[type, str]] = {
+    ContextWindowExceededError: "context_window_exceeded",
+    BadRequestError: "bad_request",
+    AuthenticationError: "authentication_error",
+    PermissionDeniedError: "permission_denied",
+    NotFoundError: "not_found",
+    RateLimitError: "rate_limited",
+    Timeout: "timeout",
+    openai.APITimeoutError: "timeout",
+    TimeoutError: "timeout",  # the attempt's own deadline (asyncio.timeout)
+    APIConnectionError: "connection_error",
+    InternalServerError: "server_error",
+    ServiceUnavailableError: "server_error",
+    BadGatewayError: "server_error",
+    APIError: _BY_STATUS,
+    openai.APIError: _BY_STATUS,
+}
+# litellm reports a refused connection or a timeout as an InternalServerError (or another
+# server error) whose cause is openai's error: the first such cause in the chain names it.
+_CAUSE_TYPES: Final[Mapping[type, str]] = {
+    openai.APITimeoutError: "timeout",
+    openai.APIConnectionError: "connection_error",
+}
+_RETRYABLE: Final = frozenset({"rate_limited", "timeout", "connection_error", "server_error"})
+_UNKNOWN: Final = "provider_error"
 
 
-def translate_error(exc: BaseException, *, secrets: Iterable[str] = ()) -> ProviderError:
-    """The ``worker.errors`` twin of a litellm (or other) exception, with a message made of
-    the class name, the status code and a redacted, truncated provider message."""
-    error_type, retryable = _classify(exc)
+def _most_specific(exc: BaseException, table: Mapping[type, str]) -> str | None:
+    """The entry of the first class of ``exc``'s MRO that ``table`` has."""
+    for cls in type(exc).__mro__:
+        found = table.get(cls)
+        if found is not None:
+            return found
+    return None
+
+
+def _by_status(status: int | None) -> str:
+    if status == 429:
+        return "rate_limited"
+    if status is not None and status >= 500:
+        return "server_error"
+    return _UNKNOWN
+
+
+def _cause_type(exc: BaseException) -> str | None:
+    for cause in _chain(exc):
+        found = _most_specific(cause, _CAUSE_TYPES)
+        if found is not None:
+            return found
+    return None
+
+
+def _classify(exc: BaseException) -> str:
+    """The ``error_type`` of ``exc`` (see ``_ERROR_TYPES``)."""
+    error_type = _most_specific(exc, _ERROR_TYPES) or _UNKNOWN
+    if error_type == _BY_STATUS:
+        return _by_status(_status_code(exc))
+    if error_type == "server_error":
+        return _cause_type(exc) or error_type
+    return error_type
+
+
+def translate_error(
+    exc: BaseException, *, secrets: Iterable[str] = (), attempts: int = 1
+) -> ProviderError:
+    """The ``worker.errors`` twin of a litellm (or other) exception, after ``attempts``
+    calls, with a message made of the class name, the status code and a redacted,
+    truncated provider message."""
+    error_type = _classify(exc)
+    retryable = error_type in _RETRYABLE
     status = _status_code(exc)
     if error_type == "rate_limited":
         status = 429
@@ -397,7 +338,7 @@ def translate_error(exc: BaseException, *, secrets: Iterable[str] = ()) -> Provi
         detail = "no complete reply before the attempt's deadline"
     message = f"{head}: {detail}" if detail else head
     cls = RetryableProviderError if retryable else PermanentProviderError
-    return cls(error_type, message, status_code=status)
+    return cls(error_type, message, status_code=status, attempts=attempts)
 
 
 def _retry_after_s(exc: BaseException) -> float | None:
@@ -421,9 +362,3 @@ def _retry_after_s(exc: BaseException) -> float | None:
     except (TypeError, ValueError, OverflowError):
         return None
     return max(delay_s, 0.0) if math.isfinite(delay_s) else None
-
-
-def attempts_of(error: BaseException) -> int:
-    """How many calls a failed ``Provider.complete`` made (1 for errors raised elsewhere)."""
-    attempts = getattr(error, "attempts", 1)
-    return attempts if isinstance(attempts, int) else 1

@@ -9,7 +9,7 @@ import logging
 import signal
 from collections.abc import Mapping
 
-from worker import ledger, tracing
+from worker import ledger, startup, tracing
 from worker.connections import check_kafka
 from worker.consumer import JobConsumer
 from worker.errors import ConfigError, LedgerUnavailable
@@ -38,6 +38,7 @@ async def serve(
     settings: Settings, environ: Mapping[str, str], stop: asyncio.Event | None = None
 ) -> int:
     """Run one worker until SIGTERM/SIGINT (or ``stop``, for embedding); the exit code."""
+    startup.prepare()
     if settings.debug_log_prompts:
         log.warning("BW_DEBUG_LOG_PROMPTS is on: prompt text may be logged. Never in production.")
     models = model_list(settings, environ)

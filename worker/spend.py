@@ -319,7 +319,7 @@ class SpendPath:
                     )
         except ProviderError as exc:
             model_ms = self._call_ended(entry, started)
-            failure = Failure(exc.error_type, str(exc), exc.retryable, _attempts(exc))
+            failure = Failure(exc.error_type, str(exc), exc.retryable, exc.attempts)
             outcome = outcomes.failed(failure)
             await _shielded(self._release(request, holder, outcome))
             return CallFailed(failure, outcome, model_ms, exc)
@@ -398,11 +398,6 @@ class SpendPath:
             return
         async with idle():
             await asyncio.sleep(delay_s)
-
-
-def _attempts(error: ProviderError) -> int:
-    attempts = getattr(error, "attempts", 1)
-    return attempts if isinstance(attempts, int) else 1
 
 
 async def quietly(awaitable: Awaitable[object]) -> None:

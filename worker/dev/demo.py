@@ -676,6 +676,9 @@ def _model_and_provider(
 ) -> tuple[ModelEntry, Provider]:
     """The model as the workers will load it (a bad name or a missing price fails here,
     before any worker starts) and a provider for the check-then-spend half."""
+    from worker import startup
+
+    startup.prepare()  # before litellm's first import in this process
     from worker.models import load_models
     from worker.pricebook import price_of
     from worker.provider import Provider
