@@ -35,6 +35,7 @@ from worker.redact import redact, secrets_of
 # A check, not a setting: litellm reads its cost map when imported, and must read its own.
 startup.require_local_cost_map()
 
+import httpx  # what litellm and openai call providers with
 import litellm
 import openai  # litellm's dependency; its connection/timeout errors are chained
 from litellm.exceptions import (
@@ -268,6 +269,10 @@ _ERROR_TYPES: Final[Mapping[type, str]] = {
     openai.APITimeoutError: "timeout",
     TimeoutError: "timeout",  # the attempt's own deadline (asyncio.timeout)
     APIConnectionError: "connection_error",
+    openai.APIConnectionError: "connection_error",
+    # Raw transport errors, should one escape litellm's own wrapping: as litellm's twins.
+    httpx.TimeoutException: "timeout",
+    httpx.NetworkError: "connection_error",
     InternalServerError: "server_error",
     ServiceUnavailableError: "server_error",
     BadGatewayError: "server_error",
