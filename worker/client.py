@@ -37,11 +37,9 @@ import asyncio
 import contextlib
 import json
 import logging
-import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Coroutine, Mapping
-from concurrent.futures import Future
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Literal, TypeVar
@@ -53,6 +51,7 @@ from schemas.events import TerminalEvent, parse_event
 from schemas.jobs import CompletionJob, JobLimits, parse_job
 from worker.connections import describe, kafka_options, unreachable
 from worker.errors import ConfigError, KafkaUnavailable
+from worker.loop_thread import LoopThread
 from worker.settings import Settings
 
 __all__ = [
@@ -401,42 +400,6 @@ class _Pending:
     waiters: int = 0
 
 
-class _LoopThread:
-    """An event loop in a daemon thread, for coroutines called from synchronous code."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self.thread.start()
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_forever()
-        finally:
-            tasks = asyncio.all_tasks(self.loop)
-            for task in tasks:
-                task.cancel()
-            self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            self.loop.close()
-
-    def run(self, coroutine: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
-        if threading.current_thread() is self.thread:
-            coroutine.close()
-            raise RuntimeError("SyncJobClient cannot be called from its own event loop")
-        if not self.thread.is_alive():
-            coroutine.close()
-            raise RuntimeError("this SyncJobClient is closed")
-        future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-        return future.result(timeout_s)
-
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=10)
-
-
 class SyncJobClient:
     """:class:`JobClient` and (with ``wait_for_results``) a :class:`ResultWaiter` for
     synchronous code; thread-safe. The waiter starts with the client, so an event of any
@@ -450,7 +413,7 @@ class SyncJobClient:
         start_at: StartAt = "end",
         results_topic: str | None = None,
     ) -> None:
-        self._loop = _LoopThread("budget-worker-client")
+        self._loop = LoopThread("budget-worker-client", "SyncJobClient")
         self._client: JobClient | None = None
         self._waiter: ResultWaiter | None = None
 
