@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from schemas.money import nanousd_to_decimal, to_nanousd
 from worker import ledger
 from worker.errors import ConfigError, LedgerError, LedgerUnavailable
 from worker.settings import load_settings
@@ -40,7 +41,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_NANO = Decimal(1_000_000_000)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -64,19 +64,19 @@ def parse_usd(text: str) -> int:
         raise typer.BadParameter(f"{text!r} is not a finite amount")
     if amount < 0:
         raise typer.BadParameter(f"{text} is negative; a limit is at least 0")
-    nanousd = amount * _NANO
-    if nanousd != nanousd.to_integral_value():
-        raise typer.BadParameter(f"{text} is finer than 1 nano-USD (0.000000001 USD)")
-    if nanousd > ledger.MAX_NANOUSD:
+    if amount > nanousd_to_decimal(ledger.MAX_NANOUSD):
         raise typer.BadParameter(
             f"{text} is over the largest limit, {format_usd(ledger.MAX_NANOUSD)}"
         )
-    return int(nanousd)
+    nanousd = to_nanousd(amount, round_up=False)
+    if nanousd_to_decimal(nanousd) != amount:
+        raise typer.BadParameter(f"{text} is finer than 1 nano-USD (0.000000001 USD)")
+    return nanousd
 
 
 def format_usd(nanousd: int) -> str:
     """Nano-USD as exact decimal USD text: 200000 -> ``$0.0002``."""
-    usd = (Decimal(nanousd) / _NANO).normalize()
+    usd = nanousd_to_decimal(nanousd).normalize()
     return f"${usd:f}"
 
 

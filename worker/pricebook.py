@@ -33,9 +33,10 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any, Final
 
+from schemas.money import to_nanousd
 from worker import offline  # noqa: F401  (first: it keeps litellm offline)
 from worker.errors import ConfigError
 from worker.prices import ModelPrice, PriceTier, Rates, TokenUsage, to_price
@@ -923,8 +924,9 @@ def _agree(price: ModelPrice, usage: TokenUsage, ours: int, theirs_usd: float) -
     cost then lies within float error of ``n + 0.5``)."""
     if not math.isfinite(theirs_usd):
         return False
-    theirs_nano = Decimal(repr(theirs_usd)).scaleb(9)
-    theirs = int(theirs_nano.to_integral_value(rounding=ROUND_HALF_UP))
+    theirs_exact = Decimal(repr(theirs_usd))
+    theirs_nano = theirs_exact.scaleb(9)
+    theirs = to_nanousd(theirs_exact, round_up=False)
     if theirs == ours:
         return True
     if abs(theirs - ours) != 1:

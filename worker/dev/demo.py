@@ -46,7 +46,7 @@ from rich.table import Table
 from rich.text import Text
 
 from schemas.events import CompletionRejected, CompletionSucceeded, TerminalEvent
-from schemas.money import NANOUSD_PER_USD, usd_to_nanousd
+from schemas.money import nanousd_to_decimal, usd_to_nanousd
 from worker.client import JobClient, ResultWaiter, build_job
 from worker.dev.servers import EmbeddedKafka, EmbeddedRedis, free_port, scratch_dir
 from worker.errors import ProviderError
@@ -735,7 +735,7 @@ async def _check_then_spend(
 def usd(nanousd: int) -> str:
     """Exact USD from nano-USD, nine decimals: ``$0.000156600``."""
     sign = "-" if nanousd < 0 else ""
-    return f"{sign}${Decimal(abs(nanousd)) / NANOUSD_PER_USD:.9f}"
+    return f"{sign}${nanousd_to_decimal(abs(nanousd)):.9f}"
 
 
 def render_progress(progress: DemoProgress) -> RenderableType:
