@@ -33,7 +33,6 @@ import base64
 import contextlib
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import math
 import random
@@ -47,6 +46,8 @@ from typing import Any, Literal
 
 import tiktoken
 from aiohttp import web
+
+from worker.offline import bundled_tokenizers_dir
 
 MAX_TOKENS_LIMIT = 1_000_000
 """Requests asking for more output tokens than this are answered 400, like a real provider."""
@@ -229,10 +230,10 @@ _encoding_by_model: dict[str, str] = {}
 
 
 def _bundled_tokenizers_dir() -> Path:
-    spec = importlib.util.find_spec("litellm")
-    if spec is None or not spec.submodule_search_locations:
+    found = bundled_tokenizers_dir()
+    if found is None:
         raise RuntimeError("litellm is not installed; its bundled tiktoken files are needed")
-    return Path(next(iter(spec.submodule_search_locations))) / "litellm_core_utils" / "tokenizers"
+    return Path(found)
 
 
 def encoding_for(name: str) -> tiktoken.Encoding:
