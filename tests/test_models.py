@@ -3,9 +3,6 @@ configuration error the operator can make."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from collections.abc import Mapping
 from decimal import Decimal
@@ -14,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import run_without_network
 from worker.errors import ConfigError
 from worker.models import ModelList, load_models, tokenizer_family
 from worker.pricebook import cost_map_price, price_of
@@ -399,21 +397,8 @@ def test_tokenizer_family_follows_the_provider_and_name(model: str, family: str)
 def test_importing_the_provider_reaches_no_network(tmp_path: Path) -> None:
     """In a fresh interpreter without the offline settings, with every socket lookup and
     connect recorded and refused: the cost map and tiktoken still load."""
-    script = textwrap.dedent(
+    result = run_without_network(
         """
-        import socket
-
-        attempts = []
-
-        def refuse(*args, **kwargs):
-            attempts.append(args[:1])
-            raise OSError("network disabled in this test")
-
-        socket.getaddrinfo = refuse
-        socket.create_connection = refuse
-        socket.socket.connect = refuse
-        socket.socket.connect_ex = refuse
-
         import os
         import worker.provider as provider
         import worker.pricebook as pricebook
@@ -423,27 +408,10 @@ def test_importing_the_provider_reaches_no_network(tmp_path: Path) -> None:
         assert pricebook.cost_map_price("gpt-4o-mini") is not None
         assert len(tiktoken.get_encoding("o200k_base").encode("hello world")) == 2
         assert len(tiktoken.get_encoding("cl100k_base").encode("hello world")) == 2
-        print("attempts", attempts)
-        """
+        """,
+        tmp_path,
+        unset=("LITELLM_LOCAL_MODEL_COST_MAP", "TIKTOKEN_CACHE_DIR"),
     )
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("LITELLM_LOCAL_MODEL_COST_MAP", "TIKTOKEN_CACHE_DIR")
-    }
-    root = Path(__file__).parent.parent
-    env["PYTHONPATH"] = str(root)
-
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-
     assert result.returncode == 0, result.stderr
     assert "attempts []" in result.stdout
     assert "fetch" not in result.stderr.lower()

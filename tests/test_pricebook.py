@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -22,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support import run_without_network
 from worker.dev.fake_provider import FakeProviderConfig, FakeProviderServer, start_fake_provider
 from worker.errors import ConfigError
 from worker.models import load_models
@@ -342,18 +340,8 @@ def test_an_unknown_price_key_in_model_info_is_refused() -> None:
 def test_a_model_named_by_a_login_provider_is_priced_without_any_network(tmp_path: Path) -> None:
     """litellm's provider lookup starts a device login for chatgpt/ and github_copilot/;
     pricing must not, in a fresh interpreter whose every socket is refused."""
-    script = textwrap.dedent(
+    result = run_without_network(
         """
-        import socket
-        attempts = []
-        def refuse(*args, **kwargs):
-            attempts.append(args[:1])
-            raise OSError("network disabled in this test")
-        socket.getaddrinfo = refuse
-        socket.create_connection = refuse
-        socket.socket.connect = refuse
-        socket.socket.connect_ex = refuse
-
         from worker.pricebook import price_of
         from worker.errors import ConfigError
         for model in ("chatgpt/gpt-5.2", "github_copilot/gpt-4o", "openai/gpt-4o-mini"):
@@ -361,22 +349,9 @@ def test_a_model_named_by_a_login_provider_is_priced_without_any_network(tmp_pat
                 price_of({"model": model}, {})
             except ConfigError:
                 pass
-        print("attempts", attempts)
-        """
+        """,
+        tmp_path,
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("LITELLM_LOCAL_MODEL_COST_MAP",)}
-    env["PYTHONPATH"] = str(Path(__file__).parent.parent)
-
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-
     assert result.returncode == 0, result.stderr
     assert "attempts []" in result.stdout
 

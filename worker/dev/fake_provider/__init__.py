@@ -64,7 +64,6 @@ __all__ = [
     "count_prompt_tokens",
     "encoding_for",
     "encoding_name_for_model",
-    "run_fake_provider_cli",
     "serve",
     "start_fake_provider",
 ]
@@ -140,30 +139,3 @@ def serve(config: FakeProviderConfig, host: str = "127.0.0.1", port: int = 8088)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
-
-
-def run_fake_provider_cli(
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8088,
-    latency_ms: float = 0.0,
-    latency_jitter_ms: float = 0.0,
-    error_rate: float = 0.0,
-    rate_429: float = 0.0,
-    retry_after_s: float = 1.0,
-    output_tokens: int = 16,
-    seed: int | None = None,
-    count_tokens: CountTokens = "exact",
-) -> None:
-    """``budget-worker fake-provider``: CLI flags (milliseconds) to a config, then serve."""
-    config = FakeProviderConfig(
-        latency_s=latency_ms / 1000,
-        latency_jitter_s=latency_jitter_ms / 1000,
-        error_rate=error_rate,
-        rate_429=rate_429,
-        retry_after_s=retry_after_s,
-        output_tokens=output_tokens,
-        seed=seed,
-        count_tokens=count_tokens,
-    )
-    serve(config, host, port)
