@@ -230,16 +230,9 @@ def _their_usd(model: CostMapModel, usage: Any, **kwargs: Any) -> float:
     return float(prompt_usd + completion_usd)
 
 
-def _unpriceable_by_tokens(model: CostMapModel) -> str | None:
-    """Evidence, from litellm itself, that its price of ``model`` is not a function of the
-    token counts a response reports; None when there is none."""
+def _time_dependent(model: CostMapModel) -> str | None:
+    """Evidence that the same tokens cost otherwise for a longer call or on another day."""
     entry = model.entry
-    if model.provider in LlmProviders._value2member_map_:
-        config = ProviderConfigManager.get_provider_model_info(
-            model=model.model, provider=LlmProviders(model.provider)
-        )
-        if hasattr(config, "get_model_info"):
-            return "litellm asks a running server for the price"
     usage = litellm_usage(_USAGE)
     if any(entry.get(k) is not None for k in ("cost_per_second", "input_cost_per_second")):
         one = _their_usd(model, usage, response_time_ms=1000)
@@ -253,6 +246,22 @@ def _unpriceable_by_tokens(model: CostMapModel) -> str | None:
             weekend = _their_usd(model, usage)
         if weekday != weekend:
             return f"the same tokens cost {weekday} on a Tuesday and {weekend} on a Saturday"
+    return None
+
+
+def _unpriceable_by_tokens(model: CostMapModel) -> str | None:
+    """Evidence, from litellm itself, that its price of ``model`` is not a function of the
+    token counts a response reports; None when there is none."""
+    if model.provider in LlmProviders._value2member_map_:
+        config = ProviderConfigManager.get_provider_model_info(
+            model=model.model, provider=LlmProviders(model.provider)
+        )
+        if hasattr(config, "get_model_info"):
+            return "litellm asks a running server for the price"
+    by_time = _time_dependent(model)
+    if by_time is not None:
+        return by_time
+    usage = litellm_usage(_USAGE)
     reported = litellm_usage(_USAGE)
     reported.cost = 0.123456
     if _their_usd(model, reported) == 0.123456:

@@ -17,6 +17,7 @@ from aiohttp import web
 from worker.dev.fake_provider.config import FakeProviderConfig, FakeProviderStats, Vendor
 from worker.dev.fake_provider.formats import (
     BadRequest,
+    Call,
     Usage,
     anthropic_call,
     anthropic_usage,
@@ -73,20 +74,37 @@ class FakeProviderApp:
     async def _serve(
         self, request: web.Request, vendor: Vendor, path_model: str | None
     ) -> web.Response:
-        config = self.config
         self.stats.requests_received += 1
-        if config.api_key is not None:
-            sent = self._sent_key(request, vendor)
-            if sent != config.api_key:
-                self._count(401, None)
-                return error_response(
-                    401,
-                    f"Incorrect API key provided: {sent}. You can find your API key at "
-                    "https://platform.openai.com/account/api-keys.",
-                    "invalid_request_error",
-                    code="invalid_api_key",
-                )
-        raw = await request.read()
+        refused = self._unauthorized(request, vendor)
+        if refused is not None:
+            return refused
+        call = self._call(await request.read(), vendor, path_model)
+        if isinstance(call, web.Response):
+            return call
+        await self._latency()
+        fault = self._fault(call.model)
+        if fault is not None:
+            return fault
+        return self._answer(vendor, call)
+
+    def _unauthorized(self, request: web.Request, vendor: Vendor) -> web.Response | None:
+        """A 401 when an API key is configured and the request sent another."""
+        if self.config.api_key is None:
+            return None
+        sent = self._sent_key(request, vendor)
+        if sent == self.config.api_key:
+            return None
+        self._count(401, None)
+        return error_response(
+            401,
+            f"Incorrect API key provided: {sent}. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+            "invalid_request_error",
+            code="invalid_api_key",
+        )
+
+    def _call(self, raw: bytes, vendor: Vendor, path_model: str | None) -> Call | web.Response:
+        """The request read in its vendor's format, else the 400 that says why not."""
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
@@ -96,42 +114,48 @@ class FakeProviderApp:
             )
         try:
             if vendor == "anthropic":
-                call = anthropic_call(body)
-            elif vendor == "gemini":
-                call = gemini_call(body, path_model or "")
-            else:
-                call = openai_call(body, path_model)
+                return anthropic_call(body)
+            if vendor == "gemini":
+                return gemini_call(body, path_model or "")
+            return openai_call(body, path_model)
         except BadRequest as exc:
             model_seen = body.get("model") if isinstance(body, dict) else None
             self._count(400, model_seen if isinstance(model_seen, str) else None)
             return error_response(400, str(exc), "invalid_request_error", param=exc.param)
-        model = call.model
 
-        delay_s = config.latency_s
-        if config.latency_jitter_s:
-            delay_s += self.rng.random() * config.latency_jitter_s
+    async def _latency(self) -> None:
+        delay_s = self.config.latency_s
+        if self.config.latency_jitter_s:
+            delay_s += self.rng.random() * self.config.latency_jitter_s
         if delay_s > 0:
             await asyncio.sleep(delay_s)
 
-        if config.rate_429 or config.error_rate:
-            draw = self.rng.random()
-            if draw < config.rate_429:
-                self._count(429, model)
-                response = error_response(
-                    429,
-                    "Rate limit reached for requests. Please try again later.",
-                    "requests",
-                    code="rate_limit_exceeded",
-                )
-                response.headers["Retry-After"] = str(math.ceil(config.retry_after_s))
-                response.headers["retry-after-ms"] = str(int(config.retry_after_s * 1000))
-                return response
-            if draw < config.rate_429 + config.error_rate:
-                self._count(500, model)
-                return error_response(
-                    500, "The server had an error processing your request.", "server_error"
-                )
+    def _fault(self, model: str) -> web.Response | None:
+        """A drawn 429 or 500, at the configured rates; None for a normal answer."""
+        config = self.config
+        if not (config.rate_429 or config.error_rate):
+            return None
+        draw = self.rng.random()
+        if draw < config.rate_429:
+            self._count(429, model)
+            response = error_response(
+                429,
+                "Rate limit reached for requests. Please try again later.",
+                "requests",
+                code="rate_limit_exceeded",
+            )
+            response.headers["Retry-After"] = str(math.ceil(config.retry_after_s))
+            response.headers["retry-after-ms"] = str(int(config.retry_after_s * 1000))
+            return response
+        if draw < config.rate_429 + config.error_rate:
+            self._count(500, model)
+            return error_response(
+                500, "The server had an error processing your request.", "server_error"
+            )
+        return None
 
+    def _answer(self, vendor: Vendor, call: Call) -> web.Response:
+        config, model = self.config, call.model
         prompt_tokens = config.report_prompt_tokens or count_prompt_tokens(
             call.messages, model, config.count_tokens
         )

@@ -51,24 +51,7 @@ class FakeProviderConfig:
     report_prompt_tokens: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("latency_s", "latency_jitter_s", "retry_after_s"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        for name in ("error_rate", "rate_429"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
-                raise ValueError(f"{name} must be a fraction in [0, 1], got {value!r}")
-        if (
-            not isinstance(self.output_tokens, int)
-            or isinstance(self.output_tokens, bool)
-            or self.output_tokens < 0
-        ):
-            raise ValueError(f"output_tokens must be an integer >= 0, got {self.output_tokens!r}")
-        if self.seed is not None and (
-            not isinstance(self.seed, int) or isinstance(self.seed, bool)
-        ):
-            raise ValueError(f"seed must be an integer or null, got {self.seed!r}")
+        self._check_numbers()
         if self.count_tokens not in ("exact", "fast"):
             raise ValueError(f"count_tokens must be 'exact' or 'fast', got {self.count_tokens!r}")
         if not isinstance(self.omit_usage, bool):
@@ -76,20 +59,23 @@ class FakeProviderConfig:
         if self.api_key is not None and not isinstance(self.api_key, str):
             raise ValueError("api_key must be a string or null")
         self.models = tuple(self.models)
-        if not isinstance(self.usage_breakdown, dict):
-            raise ValueError("usage_breakdown must be an object of token counts")
-        for key, value in self.usage_breakdown.items():
-            if key not in USAGE_BREAKDOWN_KEYS:
-                raise ValueError(
-                    f"usage_breakdown.{key} is unknown; use {', '.join(USAGE_BREAKDOWN_KEYS)}"
-                )
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"usage_breakdown.{key} must be an integer >= 0, got {value!r}")
-        self.usage_breakdown = dict(self.usage_breakdown)
+        self.usage_breakdown = _checked_breakdown(self.usage_breakdown)
+
+    def _check_numbers(self) -> None:
+        for name in ("latency_s", "latency_jitter_s", "retry_after_s"):
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        for name in ("error_rate", "rate_429"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a fraction in [0, 1], got {value!r}")
+        if not _is_int(self.output_tokens) or self.output_tokens < 0:
+            raise ValueError(f"output_tokens must be an integer >= 0, got {self.output_tokens!r}")
+        if self.seed is not None and not _is_int(self.seed):
+            raise ValueError(f"seed must be an integer or null, got {self.seed!r}")
         report = self.report_prompt_tokens
-        if report is not None and (
-            not isinstance(report, int) or isinstance(report, bool) or report < 1
-        ):
+        if report is not None and (not _is_int(report) or report < 1):
             raise ValueError(
                 f"report_prompt_tokens must be an integer >= 1 or null, got {report!r}"
             )
@@ -144,3 +130,25 @@ class FakeProviderStats:
             "prompt_tokens_total": self.prompt_tokens_total,
             "completion_tokens_total": self.completion_tokens_total,
         }
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _checked_breakdown(breakdown: object) -> dict[str, int]:
+    """``usage_breakdown`` checked: known keys, each an integer >= 0."""
+    if not isinstance(breakdown, dict):
+        raise ValueError("usage_breakdown must be an object of token counts")
+    for key, value in breakdown.items():
+        if key not in USAGE_BREAKDOWN_KEYS:
+            raise ValueError(
+                f"usage_breakdown.{key} is unknown; use {', '.join(USAGE_BREAKDOWN_KEYS)}"
+            )
+        if not _is_int(value) or value < 0:
+            raise ValueError(f"usage_breakdown.{key} must be an integer >= 0, got {value!r}")
+    return dict(breakdown)

@@ -54,7 +54,7 @@ def _max_tokens(body: dict[str, Any], keys: tuple[str, ...]) -> int | None:
 
 
 @dataclass(frozen=True, slots=True)
-class _Call:
+class Call:
     """A request, whatever its vendor's format: its messages as OpenAI's, for counting."""
 
     model: str
@@ -63,7 +63,7 @@ class _Call:
     n: int
 
 
-def openai_call(body: Any, model: str | None = None) -> _Call:
+def openai_call(body: Any, model: str | None = None) -> Call:
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
     model = model or body.get("model")
@@ -83,10 +83,10 @@ def openai_call(body: Any, model: str | None = None) -> _Call:
         n = 1
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128:
         raise BadRequest("n must be an integer between 1 and 128", "n")
-    return _Call(model, messages, _max_tokens(body, ("max_tokens", "max_completion_tokens")), n)
+    return Call(model, messages, _max_tokens(body, ("max_tokens", "max_completion_tokens")), n)
 
 
-def anthropic_call(body: Any) -> _Call:
+def anthropic_call(body: Any) -> Call:
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
     model = body.get("model")
@@ -104,10 +104,10 @@ def anthropic_call(body: Any) -> _Call:
     system = body.get("system")
     if system:
         messages.insert(0, {"role": "system", "content": system})
-    return _Call(model, messages, max_tokens, 1)
+    return Call(model, messages, max_tokens, 1)
 
 
-def gemini_call(body: Any, model: str) -> _Call:
+def gemini_call(body: Any, model: str) -> Call:
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
     contents = body.get("contents")
@@ -126,7 +126,7 @@ def gemini_call(body: Any, model: str) -> _Call:
     config = body.get("generationConfig") or body.get("generation_config") or {}
     keys = ("maxOutputTokens", "max_output_tokens")
     max_tokens = _max_tokens(config, keys) if isinstance(config, dict) else None
-    return _Call(model, messages, max_tokens, 1)
+    return Call(model, messages, max_tokens, 1)
 
 
 @dataclass(frozen=True, slots=True)
