@@ -50,7 +50,7 @@ def _display_url(url: str) -> str:
 
 
 class AsyncBudgetManager:
-    """``BudgetManager``'s API as coroutines, over the ledger. See the module docstring."""
+    """``BudgetManager``'s API as coroutines, over the ledger. See ``worker.compat``."""
 
     def __init__(
         self,

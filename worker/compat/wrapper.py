@@ -30,7 +30,7 @@ def _shut_down(loop: LoopThread, manager: AsyncBudgetManager) -> None:
 
 
 class BudgetManager:
-    """``litellm.BudgetManager``'s synchronous API over the ledger (see the module
+    """``litellm.BudgetManager``'s synchronous API over the ledger (see ``worker.compat``'s
     docstring); every method blocks until Redis has answered. Safe to share between
     threads. ``close()`` (or ``with``) releases its connections."""
 

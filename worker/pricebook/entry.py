@@ -156,7 +156,7 @@ def _provider_of(model: str, default: str | None = None) -> str:
 
 
 def _cost_map_entry(model: str, provider: str) -> tuple[str, dict[str, Any]] | None:
-    """The cost map's key and entry for ``model`` (see the module docstring); a name
+    """The cost map's key and entry for ``model`` (see the package docstring); a name
     without a provider prefix is looked up under ``provider`` first."""
     cost_map: Mapping[str, Any] = litellm.model_cost
     head, _, rest = model.partition("/")
