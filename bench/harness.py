@@ -776,12 +776,12 @@ def run_bare_litellm(
 def _serve_fake(port: int, latency_ms: float, output_tokens: int, timings: bool) -> None:
     from aiohttp import web
 
-    from worker.dev.fake_provider import FakeProviderConfig, _App
+    from worker.dev.fake_provider import FakeProviderApp, FakeProviderConfig
 
     config = FakeProviderConfig(
         latency_s=latency_ms / 1000, output_tokens=output_tokens, count_tokens="fast", seed=1
     )
-    app = _App(config).application()
+    app = FakeProviderApp(config).application()
     recorded: dict[str, tuple[float, float]] = {}
 
     if timings:

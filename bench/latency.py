@@ -209,6 +209,46 @@ async def _bare(ctx: Context, fake: FakeProvider, calls: int) -> dict[str, list[
     return {"added": added, "before": before, "after": after}
 
 
+async def _max_rate(ctx: Context, fake: FakeProvider) -> float:
+    """The pipeline's throughput, jobs/s: measured by benchmark 2 if it ran, else here."""
+    if ctx.size == "smoke":
+        return 40.0  # no calibration run: this size only proves the code works
+    if "pipeline_rate" in ctx.results:  # CPU-bound either way: 64 x 20 ms is far off
+        return float(ctx.results["pipeline_rate"])
+    calibration: dict[str, Any] = await pipeline_rate(
+        ctx, fake, jobs=ctx.pick(0, 800, 1500), concurrency=64
+    )
+    await fake.timings()
+    return float(calibration["rate"])
+
+
+def _cell(results: list[dict[str, list[float]]], key: str, q: float) -> str:
+    return spread([percentile(r[key], q) for r in results], "{:.1f}")
+
+
+def _phase_row(
+    fetch_ms: int, linger_ms: int, label: str, phase: str, results: list[dict[str, list[float]]]
+) -> list[str]:
+    """One setting's row for one load ``phase`` (light or half), over the repetitions."""
+    count = sum(len(r[f"{phase}_receipt"]) for r in results)
+    return [
+        str(fetch_ms),
+        str(linger_ms),
+        label,
+        str(count),
+        _cell(results, f"{phase}_publish", 50),
+        _cell(results, f"{phase}_publish", 99),
+        _cell(results, f"{phase}_receipt", 50),
+        _cell(results, f"{phase}_receipt", 99),
+        _cell(results, f"{phase}_before", 50),
+        _cell(results, f"{phase}_after", 50),
+        _cell(results, f"{phase}_delivery", 50),
+        _cell(results, f"{phase}_own", 50),
+        _cell(results, f"{phase}_own", 99),
+        spread([r[f"{phase}_cpu"][0] for r in results], "{:.1f}"),
+    ]
+
+
 async def run(ctx: Context) -> Report:
     reps = ctx.pick(1, 1, 2)
     light_jobs = ctx.pick(5, 60, 150)
@@ -245,16 +285,7 @@ async def run(ctx: Context) -> Report:
     idle_notes: list[str] = []
     bare_p50 = math.nan
     try:
-        if ctx.size == "smoke":
-            max_rate = 40.0  # no calibration run: this size only proves the code works
-        elif "pipeline_rate" in ctx.results:  # CPU-bound either way: 64 x 20 ms is far off
-            max_rate = ctx.results["pipeline_rate"]
-        else:
-            calibration: dict[str, Any] = await pipeline_rate(
-                ctx, fake, jobs=ctx.pick(0, 800, 1500), concurrency=64
-            )
-            await fake.timings()
-            max_rate = calibration["rate"]
+        max_rate = await _max_rate(ctx, fake)
         half_rate = max_rate / 2
         # Repetition by repetition: the bare baseline, then every setting, side by side.
         bare: list[dict[str, list[float]]] = []
@@ -278,29 +309,7 @@ async def run(ctx: Context) -> Report:
                 )
         for (fetch_ms, linger_ms), results in measured.items():
             for phase, label in (("light", "one at a time"), ("half", f"{half_rate:.0f} jobs/s")):
-
-                def cell(key: str, q: float, rs: list[dict[str, list[float]]] = results) -> str:
-                    return spread([percentile(r[key], q) for r in rs], "{:.1f}")
-
-                count = sum(len(r[f"{phase}_receipt"]) for r in results)
-                report.rows.append(
-                    [
-                        str(fetch_ms),
-                        str(linger_ms),
-                        label,
-                        str(count),
-                        cell(f"{phase}_publish", 50),
-                        cell(f"{phase}_publish", 99),
-                        cell(f"{phase}_receipt", 50),
-                        cell(f"{phase}_receipt", 99),
-                        cell(f"{phase}_before", 50),
-                        cell(f"{phase}_after", 50),
-                        cell(f"{phase}_delivery", 50),
-                        cell(f"{phase}_own", 50),
-                        cell(f"{phase}_own", 99),
-                        spread([r[f"{phase}_cpu"][0] for r in results], "{:.1f}"),
-                    ]
-                )
+                report.rows.append(_phase_row(fetch_ms, linger_ms, label, phase, results))
                 if phase == "light" and linger_ms == 0:
                     idle = median([r["idle_cpu"][0] for r in results])
                     idle_notes.append(f"{fetch_ms} ms: {100 * idle:.1f}%")
@@ -313,9 +322,6 @@ async def run(ctx: Context) -> Report:
                     ]
                     split = _light_split(results)
 
-        def bcell(key: str, q: float, rs: list[dict[str, list[float]]] = bare) -> str:
-            return spread([percentile(r[key], q) for r in rs], "{:.1f}")
-
         report.rows.append(
             [
                 "bare litellm",
@@ -324,10 +330,10 @@ async def run(ctx: Context) -> Report:
                 str(sum(len(r["added"]) for r in bare)),
                 "-",
                 "-",
-                bcell("added", 50),
-                bcell("added", 99),
-                bcell("before", 50),
-                bcell("after", 50),
+                _cell(bare, "added", 50),
+                _cell(bare, "added", 99),
+                _cell(bare, "before", 50),
+                _cell(bare, "after", 50),
                 "-",
                 "-",
                 "-",

@@ -39,6 +39,7 @@ from decimal import Decimal
 from typing import Any
 
 from bench.harness import MODEL, PRICE_IN, PRICE_OUT, PROMPT, Context, Report, spread
+from schemas.money import nanousd_to_usd, to_nanousd, usd_to_nanousd
 
 NAME = "overspend"
 LEVELS = (1, 10, 100, 1000)
@@ -47,7 +48,6 @@ USER_COUNTS = (1, 50)
 MAX_TOKENS = 256
 CALLS_PER_BUDGET = 20  # a budget holds about this many typical calls
 CALL_S = (0.001, 0.004)
-NANO = Decimal(10**9)
 POOL = 256  # connections per process (BW_REDIS_MAX_CONNECTIONS' default)
 TIMEOUT_S = 15.0  # generous: a thousand callers start at once on a shared machine
 
@@ -97,7 +97,7 @@ def workload() -> Workload:
 
 def cost_nanousd(prompt_tokens: int, completion_tokens: int) -> int:
     cost = Decimal(PRICE_IN) * prompt_tokens + Decimal(PRICE_OUT) * completion_tokens
-    return int(cost * NANO)
+    return to_nanousd(cost, round_up=False)
 
 
 def output_tokens(rng: random.Random) -> int:
@@ -179,7 +179,7 @@ async def _shared_callers(spec: Spec) -> dict[str, Any]:
         )
     )
     await client.ping()
-    budget_usd = spec.work.budget_nanousd / 1e9
+    budget_usd = nanousd_to_usd(spec.work.budget_nanousd)
     incurred = [0] * spec.users
     calls = 0
 
@@ -196,7 +196,7 @@ async def _shared_callers(spec: Spec) -> dict[str, Any]:
             cost = cost_nanousd(spec.work.prompt_tokens, output_tokens(rng))
             incurred[user] += cost
             calls += 1
-            await client.hincrbyfloat(key, "current_cost", cost / 1e9)
+            await client.hincrbyfloat(key, "current_cost", nanousd_to_usd(cost))
 
     await asyncio.sleep(max(0.0, spec.start_at - time.time()))
     await asyncio.gather(*(caller(spec.first_caller + i) for i in range(spec.callers)))
@@ -221,7 +221,7 @@ async def _budget_manager_callers(spec: Spec) -> dict[str, Any]:
             pass
 
     manager = QuietBudgetManager(project_name=f"bench-{spec.run}")
-    budget_usd = spec.work.budget_nanousd / 1e9
+    budget_usd = nanousd_to_usd(spec.work.budget_nanousd)
     for user in range(spec.users):
         manager.create_budget(total_budget=budget_usd, user=str(user))
     incurred = [0] * spec.users
@@ -280,7 +280,7 @@ async def _spend_ratios(
         values = [await client.hget(f"bm:{run}:{u}", "current_cost") for u in range(users)]
     finally:
         await client.aclose()
-    return [float(v or 0) * 1e9 / budget for v in values]
+    return [usd_to_nanousd(float(v or 0), round_up=False) / budget for v in values]
 
 
 async def one_config(

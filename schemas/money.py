@@ -55,9 +55,23 @@ def usd_to_nanousd(usd: float | str | Decimal, *, round_up: bool) -> int:
         raise ValueError(f"an amount of money must be >= 0, got {usd!r}")
     if amount > _MAX_USD:
         raise ValueError(f"an amount of money must be at most {_MAX_USD} USD, got {usd!r}")
+    return to_nanousd(amount, round_up=round_up)
+
+
+def to_nanousd(usd: Decimal, *, round_up: bool) -> int:
+    """The one conversion of an exact amount of USD to nano-USD: scaled exactly, then
+    rounded once, up (``round_up=True``, for bounds) or half up (for actual costs).
+
+    For amounts the caller computed exactly (prices times token counts); outside input
+    goes through :func:`usd_to_nanousd`, which checks it first."""
     rounding = ROUND_CEILING if round_up else ROUND_HALF_UP
-    nanousd = amount.scaleb(9, _EXACT).to_integral_value(rounding=rounding, context=_EXACT)
+    nanousd = usd.scaleb(9, _EXACT).to_integral_value(rounding=rounding, context=_EXACT)
     return int(nanousd)
+
+
+def nanousd_to_decimal(n: int) -> Decimal:
+    """Nano-USD as the exact ``Decimal`` of USD, for text that must not round."""
+    return Decimal(n).scaleb(-9, _EXACT)
 
 
 def nanousd_to_usd(n: int) -> float:

@@ -288,15 +288,7 @@ class KafkaGateway:
                 writer.write(_frame(await _read_frame(up_reader)))
                 await writer.drain()
             elif request.api_key == API_SASL_HANDSHAKE and mechanism is None:
-                wanted = request.string()
-                known = wanted in self.mechanisms
-                error = 0 if known else UNSUPPORTED_SASL_MECHANISM
-                body = struct.pack(">hi", error, len(self.mechanisms))
-                body += b"".join(_string(name) for name in self.mechanisms)
-                await _reply(writer, request, body)
-                if not known:
-                    raise _Closed(f"unsupported mechanism {wanted}")
-                mechanism = wanted
+                mechanism = await self._handshake(writer, request)
                 if mechanism in _SCRAM_HASHES:
                     scram = _ScramServer(mechanism, self.users)
             elif request.api_key == API_SASL_AUTHENTICATE and mechanism is not None:
@@ -323,6 +315,18 @@ class KafkaGateway:
                 return
             else:
                 raise _Closed(f"API {request.api_key} before authentication")
+
+    async def _handshake(self, writer: asyncio.StreamWriter, request: _Request) -> str:
+        """Answer SaslHandshake: the mechanism asked for, or close when it is not offered."""
+        wanted = request.string()
+        known = wanted in self.mechanisms
+        error = 0 if known else UNSUPPORTED_SASL_MECHANISM
+        body = struct.pack(">hi", error, len(self.mechanisms))
+        body += b"".join(_string(name) for name in self.mechanisms)
+        await _reply(writer, request, body)
+        if not known:
+            raise _Closed(f"unsupported mechanism {wanted}")
+        return wanted
 
 
 async def _reply(writer: asyncio.StreamWriter, request: _Request, body: bytes) -> None:

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -361,3 +362,40 @@ async def until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout_s} s")
         await asyncio.sleep(0.01)
+
+
+# Prepended to a script run by ``run_without_network``: every socket lookup and connect
+# is recorded and refused, and the script prints ``attempts [...]`` at its end.
+_REFUSE_NETWORK = """
+import socket
+
+attempts = []
+
+def refuse(*args, **kwargs):
+    attempts.append(args[:1])
+    raise OSError("network disabled in this test")
+
+socket.getaddrinfo = refuse
+socket.create_connection = refuse
+socket.socket.connect = refuse
+socket.socket.connect_ex = refuse
+"""
+
+
+def run_without_network(
+    script: str, cwd: Path, *, unset: tuple[str, ...] = ("LITELLM_LOCAL_MODEL_COST_MAP",)
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a fresh interpreter whose every socket is refused, without the
+    environment variables ``unset``; it ends printing ``attempts`` (empty: no network)."""
+    code = _REFUSE_NETWORK + textwrap.dedent(script) + '\nprint("attempts", attempts)\n'
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env["PYTHONPATH"] = str(Path(__file__).parent.parent)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )

@@ -312,6 +312,19 @@ def test_every_bw_variable_named_in_deploy_and_operations_is_a_setting() -> None
     assert not unknown, f"not fields of worker.settings.Settings: {unknown}"
 
 
+def _set_by_k8s() -> dict[str, str]:
+    """Every variable a Kubernetes manifest sets (ConfigMap data, container env), and where."""
+    set_by: dict[str, str] = {}
+    for path, doc in k8s_docs():
+        where = str(path.relative_to(DEPLOY))
+        if doc["kind"] == "ConfigMap":
+            set_by.update(dict.fromkeys(doc.get("data", {}), where))
+        if doc["kind"] in {"Deployment", "Job"}:
+            for container in containers(doc):
+                set_by.update({item["name"]: where for item in container.get("env", [])})
+    return set_by
+
+
 def test_every_bw_variable_set_by_a_manifest_is_a_setting() -> None:
     set_by: dict[str, str] = {}
     for name, service in compose()["services"].items():
@@ -319,14 +332,7 @@ def test_every_bw_variable_set_by_a_manifest_is_a_setting() -> None:
             set_by[key] = f"compose.yaml services.{name}.environment"
     for key in env_example(include_commented=True):
         set_by[key] = "env.example"
-    for path, doc in k8s_docs():
-        if doc["kind"] == "ConfigMap":
-            for key in doc.get("data", {}):
-                set_by[key] = str(path.relative_to(DEPLOY))
-        if doc["kind"] in {"Deployment", "Job"}:
-            for container in containers(doc):
-                for item in container.get("env", []):
-                    set_by[item["name"]] = str(path.relative_to(DEPLOY))
+    set_by.update(_set_by_k8s())
     for key in dockerfile_env():
         set_by[key] = "Dockerfile"
     bw = {k: v for k, v in set_by.items() if k.startswith("BW_")}

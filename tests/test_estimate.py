@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.jobs import CompletionJob
+from schemas.money import NANOUSD_PER_USD
 from worker.estimate import (
     ANTHROPIC_FRAMING,
     OPENAI_FRAMING,
@@ -34,7 +35,7 @@ from worker.estimate import (
     utf8_length,
 )
 from worker.models import ModelEntry, TokenizerFamily
-from worker.prices import NANOUSD_PER_USD, ModelPrice
+from worker.prices import ModelPrice
 
 
 def _bundled_tokenizers() -> Path:

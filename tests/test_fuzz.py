@@ -274,6 +274,31 @@ class Payload:
     structural: bool  # built as JSON by field: no value may be quoted in an error
 
 
+def _inserted(draw: Draw, body: dict[str, Any], kind: str, ascii_only: bool) -> Payload:
+    """A valid job with raw JSON text put in place of one value: a number of any form, a
+    long string, a deep nesting or escapes."""
+    placeholder = "QZXPLACEHOLDERQZX"
+    if kind == "number":
+        path, inserted = draw.choice(NUMBER_FIELDS), draw.choice(NUMBERS)
+        _set(body, path, placeholder)
+        target = f'"{placeholder}"'
+    else:
+        path = draw.choice(STRING_FIELDS)
+        if kind == "long":
+            inserted = json.dumps("é" * draw.integer(0, 12_000) + MARK)[1:-1]
+        elif kind == "nest":
+            path = draw.choice([("metadata", "trace"), ("params", "user"), ("params", "tools")])
+            inserted = _nested(draw.integer(1, 20_000), draw.choice(["list", "dict"]))
+        else:
+            inserted = draw.choice(ESCAPES) + MARK + draw.choice(ESCAPES)
+        _set(body, path, placeholder)
+        target = placeholder
+        if kind == "nest":
+            target = f'"{placeholder}"'
+    text = json.dumps(body, ensure_ascii=ascii_only).replace(target, inserted)
+    return Payload(text.encode("utf-8", "surrogatepass"), kind, True)
+
+
 def payload(draw: Draw, index: int) -> Payload:
     """One hostile record: bytes, JSON, or a valid job broken in one way."""
     kind = draw.choice(
@@ -299,26 +324,7 @@ def payload(draw: Draw, index: int) -> Payload:
         _get(body, place)[name] = draw.choice([f"http://{MARK}.example", MARK, {"k": MARK}])
         return Payload(_dumps(body, ascii_only), kind, True)
     if kind in ("number", "long", "nest", "escape"):
-        placeholder = "QZXPLACEHOLDERQZX"
-        if kind == "number":
-            path, inserted = draw.choice(NUMBER_FIELDS), draw.choice(NUMBERS)
-            _set(body, path, placeholder)
-            target = f'"{placeholder}"'
-        else:
-            path = draw.choice(STRING_FIELDS)
-            if kind == "long":
-                inserted = json.dumps("é" * draw.integer(0, 12_000) + MARK)[1:-1]
-            elif kind == "nest":
-                path = draw.choice([("metadata", "trace"), ("params", "user"), ("params", "tools")])
-                inserted = _nested(draw.integer(1, 20_000), draw.choice(["list", "dict"]))
-            else:
-                inserted = draw.choice(ESCAPES) + MARK + draw.choice(ESCAPES)
-            _set(body, path, placeholder)
-            target = placeholder
-            if kind == "nest":
-                target = f'"{placeholder}"'
-        text = json.dumps(body, ensure_ascii=ascii_only).replace(target, inserted)
-        return Payload(text.encode("utf-8", "surrogatepass"), kind, True)
+        return _inserted(draw, body, kind, ascii_only)
     raw = _dumps(body, ascii_only)
     if kind == "splice":
         at = draw.integer(0, len(raw))

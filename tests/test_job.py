@@ -15,12 +15,13 @@ import pytest
 
 from schemas.events import CompletionFailed, CompletionRejected, CompletionSucceeded, encode_event
 from schemas.jobs import CompletionJob, parse_job
+from schemas.money import NANOUSD_PER_USD
 from tests.support import MODEL, InProcess, in_process, job, spent
 from worker.dev.doubles import Call, ScriptedProvider, answer
 from worker.errors import RetryableProviderError
 from worker.ledger import Budget
 
-USD = 1_000_000_000
+USD = NANOUSD_PER_USD
 
 
 def decoded(job_id: str, user: str = "alice", **fields: Any) -> CompletionJob:

@@ -4,7 +4,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.money import MAX_NANOUSD, NANOUSD_PER_USD, nanousd_to_usd, usd_to_nanousd
+from schemas.money import (
+    MAX_NANOUSD,
+    NANOUSD_PER_USD,
+    nanousd_to_decimal,
+    nanousd_to_usd,
+    to_nanousd,
+    usd_to_nanousd,
+)
 
 # What litellm's float arithmetic reports for a spend of 0.00016 USD.
 LITELLM_SPEND = 0.00015999999999999999
@@ -116,3 +123,30 @@ def test_round_up_is_at_least_round_to_nearest_and_at_most_one_more(usd: float) 
     up = usd_to_nanousd(usd, round_up=True)
     nearest = usd_to_nanousd(usd, round_up=False)
     assert nearest <= up <= nearest + 1
+
+
+def test_to_nanousd_rounds_an_exact_amount_once() -> None:
+    assert to_nanousd(Decimal("0.0000000014"), round_up=True) == 2
+    assert to_nanousd(Decimal("0.0000000015"), round_up=False) == 2
+    assert to_nanousd(Decimal("0.0000000014999"), round_up=False) == 1
+    # Beyond a float's 17 digits: a product of prices and counts is not truncated.
+    assert to_nanousd(Decimal("12345678.9012345678905"), round_up=False) == 12345678901234568
+    assert to_nanousd(Decimal("12345678.9012345678901"), round_up=True) == 12345678901234568
+
+
+@given(usd_decimals)
+def test_usd_to_nanousd_is_to_nanousd_of_checked_input(usd: Decimal) -> None:
+    assert usd_to_nanousd(usd, round_up=True) == to_nanousd(usd, round_up=True)
+    assert usd_to_nanousd(usd, round_up=False) == to_nanousd(usd, round_up=False)
+
+
+@given(st.integers(min_value=0, max_value=MAX_NANOUSD))
+def test_nanousd_to_decimal_is_exact_and_round_trips(nanousd: int) -> None:
+    usd = nanousd_to_decimal(nanousd)
+    assert usd * NANOUSD_PER_USD == nanousd
+    assert to_nanousd(usd, round_up=True) == to_nanousd(usd, round_up=False) == nanousd
+
+
+def test_nanousd_to_decimal_keeps_every_digit() -> None:
+    assert str(nanousd_to_decimal(MAX_NANOUSD)) == "9223372036.854775807"
+    assert nanousd_to_decimal(1) == Decimal("1E-9")

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -22,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support import run_without_network
 from worker.dev.fake_provider import FakeProviderConfig, FakeProviderServer, start_fake_provider
 from worker.errors import ConfigError
 from worker.models import load_models
@@ -232,16 +230,9 @@ def _their_usd(model: CostMapModel, usage: Any, **kwargs: Any) -> float:
     return float(prompt_usd + completion_usd)
 
 
-def _unpriceable_by_tokens(model: CostMapModel) -> str | None:
-    """Evidence, from litellm itself, that its price of ``model`` is not a function of the
-    token counts a response reports; None when there is none."""
+def _time_dependent(model: CostMapModel) -> str | None:
+    """Evidence that the same tokens cost otherwise for a longer call or on another day."""
     entry = model.entry
-    if model.provider in LlmProviders._value2member_map_:
-        config = ProviderConfigManager.get_provider_model_info(
-            model=model.model, provider=LlmProviders(model.provider)
-        )
-        if hasattr(config, "get_model_info"):
-            return "litellm asks a running server for the price"
     usage = litellm_usage(_USAGE)
     if any(entry.get(k) is not None for k in ("cost_per_second", "input_cost_per_second")):
         one = _their_usd(model, usage, response_time_ms=1000)
@@ -255,6 +246,22 @@ def _unpriceable_by_tokens(model: CostMapModel) -> str | None:
             weekend = _their_usd(model, usage)
         if weekday != weekend:
             return f"the same tokens cost {weekday} on a Tuesday and {weekend} on a Saturday"
+    return None
+
+
+def _unpriceable_by_tokens(model: CostMapModel) -> str | None:
+    """Evidence, from litellm itself, that its price of ``model`` is not a function of the
+    token counts a response reports; None when there is none."""
+    if model.provider in LlmProviders._value2member_map_:
+        config = ProviderConfigManager.get_provider_model_info(
+            model=model.model, provider=LlmProviders(model.provider)
+        )
+        if hasattr(config, "get_model_info"):
+            return "litellm asks a running server for the price"
+    by_time = _time_dependent(model)
+    if by_time is not None:
+        return by_time
+    usage = litellm_usage(_USAGE)
     reported = litellm_usage(_USAGE)
     reported.cost = 0.123456
     if _their_usd(model, reported) == 0.123456:
@@ -342,18 +349,8 @@ def test_an_unknown_price_key_in_model_info_is_refused() -> None:
 def test_a_model_named_by_a_login_provider_is_priced_without_any_network(tmp_path: Path) -> None:
     """litellm's provider lookup starts a device login for chatgpt/ and github_copilot/;
     pricing must not, in a fresh interpreter whose every socket is refused."""
-    script = textwrap.dedent(
+    result = run_without_network(
         """
-        import socket
-        attempts = []
-        def refuse(*args, **kwargs):
-            attempts.append(args[:1])
-            raise OSError("network disabled in this test")
-        socket.getaddrinfo = refuse
-        socket.create_connection = refuse
-        socket.socket.connect = refuse
-        socket.socket.connect_ex = refuse
-
         from worker import startup
         startup.prepare()
         from worker.pricebook import price_of
@@ -363,22 +360,9 @@ def test_a_model_named_by_a_login_provider_is_priced_without_any_network(tmp_pat
                 price_of({"model": model}, {})
             except ConfigError:
                 pass
-        print("attempts", attempts)
-        """
+        """,
+        tmp_path,
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("LITELLM_LOCAL_MODEL_COST_MAP",)}
-    env["PYTHONPATH"] = str(Path(__file__).parent.parent)
-
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-
     assert result.returncode == 0, result.stderr
     assert "attempts []" in result.stdout
 

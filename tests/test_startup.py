@@ -115,7 +115,8 @@ def test_importing_every_worker_module_changes_nothing_and_prepare_sets_it_once(
     )
     imported: dict[str, object] = found["imported"]  # type: ignore[assignment]
     prepared: dict[str, dict[str, str]] = found["prepared"]  # type: ignore[assignment]
-    assert imported["environ"] == found["before"]
+    offline = found["expected"]  # worker.compat keeps litellm offline at import, only that
+    assert imported["environ"] == {**found["before"], **offline}  # type: ignore[dict-item]
     assert imported["globals"] == defaults["globals"]
     assert prepared["environ"] == {**found["before"], **found["expected"]}  # type: ignore[dict-item]
     assert prepared["environ"]["TIKTOKEN_CACHE_DIR"].endswith("litellm_core_utils/tokenizers")
@@ -135,7 +136,7 @@ def test_without_the_cost_map_setting_importing_litellm_is_refused_before_it_sta
         import json, sys
         from worker.errors import ConfigError
         refused = []
-        for name in ("worker.compat", "worker.provider", "worker.pricebook", "worker.service"):
+        for name in ("worker.provider", "worker.pricebook", "worker.service", "worker.spend"):
             try:
                 __import__(name)
             except ConfigError as exc:
@@ -152,6 +153,34 @@ def test_without_the_cost_map_setting_importing_litellm_is_refused_before_it_sta
     assert all("LITELLM_LOCAL_MODEL_COST_MAP=True" in reason for reason in refused)
     assert "worker.startup.prepare()" in refused[0]
     assert found["litellm"] is False
+    assert found["attempts"] == []
+
+
+def test_a_budgetmanager_user_changes_only_the_import_and_litellm_stays_offline(
+    tmp_path: Path,
+) -> None:
+    """The drop-in's promise: nothing set in the environment, no set-up call."""
+    found = run(
+        """
+        import json, os, sys
+        from worker.compat import BudgetManager, completion
+        import litellm
+        from litellm.litellm_core_utils.get_model_cost_map import _cost_map_source_info
+        print("RESULT " + json.dumps({
+            "variable": os.environ.get("LITELLM_LOCAL_MODEL_COST_MAP"),
+            "tokenizers": os.environ.get("TIKTOKEN_CACHE_DIR", ""),
+            "source": _cost_map_source_info.source,
+            "suppress_debug_info": litellm.suppress_debug_info,
+            "attempts": attempts,
+        }))
+        """,
+        tmp_path,
+    )
+
+    assert found["variable"] == "True"
+    assert str(found["tokenizers"]).endswith("litellm_core_utils/tokenizers")
+    assert found["source"] == "local"
+    assert found["suppress_debug_info"] is False  # litellm's own settings wait for a manager
     assert found["attempts"] == []
 
 

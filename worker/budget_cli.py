@@ -17,19 +17,30 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from schemas.money import nanousd_to_decimal, to_nanousd
 from worker import ledger
+from worker.budget_view import (
+    format_usd,
+    period_text,
+    period_words,
+    rates_text,
+    rfc3339,
+    state_json,
+    state_table,
+)
 from worker.errors import ConfigError, LedgerError, LedgerUnavailable
 from worker.settings import load_settings
+
+__all__ = ["app", "format_usd", "parse_usd", "rfc3339", "state_json"]
 
 T = TypeVar("T")
 
@@ -39,9 +50,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-_NANO = Decimal(1_000_000_000)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class PeriodChoice(StrEnum):
@@ -64,29 +72,14 @@ def parse_usd(text: str) -> int:
         raise typer.BadParameter(f"{text!r} is not a finite amount")
     if amount < 0:
         raise typer.BadParameter(f"{text} is negative; a limit is at least 0")
-    nanousd = amount * _NANO
-    if nanousd != nanousd.to_integral_value():
-        raise typer.BadParameter(f"{text} is finer than 1 nano-USD (0.000000001 USD)")
-    if nanousd > ledger.MAX_NANOUSD:
+    if amount > nanousd_to_decimal(ledger.MAX_NANOUSD):
         raise typer.BadParameter(
             f"{text} is over the largest limit, {format_usd(ledger.MAX_NANOUSD)}"
         )
-    return int(nanousd)
-
-
-def format_usd(nanousd: int) -> str:
-    """Nano-USD as exact decimal USD text: 200000 -> ``$0.0002``."""
-    usd = (Decimal(nanousd) / _NANO).normalize()
-    return f"${usd:f}"
-
-
-def rfc3339(ms: int | None) -> str | None:
-    """A time in ms since the epoch as RFC 3339 UTC (``2025-01-02T00:00:00Z``)."""
-    if ms is None:
-        return None
-    moment = _EPOCH + timedelta(milliseconds=ms)
-    timespec = "seconds" if ms % 1000 == 0 else "milliseconds"
-    return moment.isoformat(timespec=timespec).replace("+00:00", "Z")
+    nanousd = to_nanousd(amount, round_up=False)
+    if nanousd_to_decimal(nanousd) != amount:
+        raise typer.BadParameter(f"{text} is finer than 1 nano-USD (0.000000001 USD)")
+    return nanousd
 
 
 # --- options ----------------------------------------------------------------------------
@@ -315,8 +308,8 @@ def set_budget(
 
     budget = _ledger_call(redis_url, run)
     typer.echo(
-        f"budget of {user!r} set: {format_usd(budget.limit_nanousd)} {_period_words(budget)}"
-        + _rates(budget)
+        f"budget of {user!r} set: {format_usd(budget.limit_nanousd)} {period_words(budget)}"
+        + rates_text(budget)
     )
 
 
@@ -329,7 +322,7 @@ def show(user: UserArg, as_json: AsJson = False, redis_url: RedisUrl = None) -> 
     if as_json:
         typer.echo(json.dumps(state_json(state)))
         return
-    Console().print(_state_table(state))
+    Console().print(state_table(state))
 
 
 @app.command("list")
@@ -357,7 +350,7 @@ def list_budgets(as_json: AsJson = False, redis_url: RedisUrl = None) -> None:
             format_usd(snapshot.limit_nanousd),
             format_usd(snapshot.spent_nanousd),
             format_usd(snapshot.remaining_nanousd),
-            _period(state.budget),
+            period_text(state.budget),
             rfc3339(snapshot.period_end_ms) or "-",
         )
     Console().print(table)
@@ -381,63 +374,3 @@ def delete(user: UserArg, redis_url: RedisUrl = None) -> None:
     if not _ledger_call(redis_url, lambda book: book.delete(user)):
         _no_budget(user)
     typer.echo(f"budget of {user!r} deleted")
-
-
-# --- output -----------------------------------------------------------------------------
-
-
-def state_json(state: ledger.BudgetState) -> dict[str, Any]:
-    """``budget show --json``: money as integers of nano-USD, times in RFC 3339."""
-    snapshot, budget = state.snapshot, state.budget
-    return {
-        "user_id": state.user_id,
-        "limit_nanousd": snapshot.limit_nanousd,
-        "spent_nanousd": snapshot.spent_nanousd,
-        "reserved_nanousd": snapshot.reserved_nanousd,
-        "remaining_nanousd": snapshot.remaining_nanousd,
-        "period": budget.period,
-        "window_s": budget.window_s,
-        "period_end": rfc3339(snapshot.period_end_ms),
-        "model_spend_nanousd": dict(sorted(state.model_spend_nanousd.items())),
-        "rpm": budget.rpm,
-        "tpm": budget.tpm,
-    }
-
-
-def _period_words(budget: ledger.Budget) -> str:
-    return f"per {budget.window_s} s window" if budget.period == "rolling" else budget.period
-
-
-def _period(budget: ledger.Budget) -> str:
-    if budget.period == "rolling":
-        return f"rolling {budget.window_s} s"
-    return budget.period
-
-
-def _rates(budget: ledger.Budget) -> str:
-    rates = [f"{budget.rpm} rpm"] if budget.rpm is not None else []
-    if budget.tpm is not None:
-        rates.append(f"{budget.tpm} tpm")
-    return f", {', '.join(rates)}" if rates else ""
-
-
-def _state_table(state: ledger.BudgetState) -> Table:
-    snapshot, budget = state.snapshot, state.budget
-    table = Table(title=Text(f"budget of {state.user_id}"), show_header=False)
-    table.add_column("field", style="bold")
-    table.add_column("value")
-    rows = [
-        ("limit", format_usd(snapshot.limit_nanousd)),
-        ("spent", format_usd(snapshot.spent_nanousd)),
-        ("reserved", format_usd(snapshot.reserved_nanousd)),
-        ("remaining", format_usd(snapshot.remaining_nanousd)),
-        ("period", _period(budget)),
-        ("period end", rfc3339(snapshot.period_end_ms) or "never"),
-        ("rpm", str(budget.rpm) if budget.rpm is not None else "-"),
-        ("tpm", str(budget.tpm) if budget.tpm is not None else "-"),
-    ]
-    for field, value in rows:
-        table.add_row(field, value)
-    for model, spent in sorted(state.model_spend_nanousd.items()):
-        table.add_row(Text(f"spent on {model}"), format_usd(spent))
-    return table

@@ -16,6 +16,10 @@ each outcome, commit safely.
   still part of the process's drain at shutdown.
 - ``stop()`` (SIGTERM/SIGINT): stop fetching, give in-flight jobs
   ``BW_SHUTDOWN_GRACE_S``, cancel the rest (their reservations are released), commit.
+
+One module of about 400 lines on purpose: fetching, pausing, publishing and committing
+share the assigned partitions' state, and the rebalance and shutdown rules read only
+beside that state.
 """
 
 from __future__ import annotations

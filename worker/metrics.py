@@ -35,11 +35,11 @@ from prometheus_client import (
     generate_latest,
 )
 
+from schemas.money import nanousd_to_usd
 from worker.errors import ConfigError
 
 _FAST_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _CALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
-_NANOUSD_PER_USD = 1_000_000_000
 
 
 class _WithoutCreated:
@@ -117,7 +117,7 @@ class Metrics:
     def charged(self, model: str, nanousd: int) -> None:
         """Count a charge of ``nanousd`` to a budget for ``model``, in both units."""
         self.spend.labels(model).inc(nanousd)
-        self.spend_usd.labels(model).inc(nanousd / _NANOUSD_PER_USD)
+        self.spend_usd.labels(model).inc(nanousd_to_usd(nanousd))
 
     def render(self) -> bytes:
         return generate_latest(_WithoutCreated(self.registry))

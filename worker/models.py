@@ -184,7 +184,27 @@ def _entry(
         raise ConfigError(f"{where} has no model_name (the name jobs use in 'model')")
     where = f"{path}: model {name!r}"
 
-    raw_params = raw.get("litellm_params")
+    params = _litellm_params(raw.get("litellm_params"), where, environ)
+    litellm_model = params["model"]
+
+    info = raw.get("model_info")
+    if info is None:
+        info = {}
+    if not isinstance(info, Mapping):
+        raise ConfigError(f"{where}: model_info must be a mapping")
+
+    return ModelEntry(
+        name=name,
+        litellm_params=params,
+        price=_price(where, params, info, price_of),
+        max_output_tokens=_max_output_tokens(where, info),
+        tokenizer_family=tokenizer_family(litellm_model),
+    )
+
+
+def _litellm_params(raw_params: Any, where: str, environ: Mapping[str, str]) -> dict[str, Any]:
+    """An entry's ``litellm_params`` as litellm is given them: router-only keys dropped,
+    the worker's own refused, ``os.environ/NAME`` references resolved."""
     if not isinstance(raw_params, Mapping):
         raise ConfigError(f"{where} has no litellm_params mapping (it needs at least 'model')")
     litellm_model = raw_params.get("model")
@@ -202,23 +222,10 @@ def _entry(
                 f"{where}: litellm_params.{key} is not allowed ({_WORKER_PARAMS[key]})"
             )
         params[key] = _resolve(value, f"litellm_params.{key}", where, environ)
-    litellm_model = params["model"]
-    if not isinstance(litellm_model, str) or not litellm_model.strip():
+    resolved = params["model"]
+    if not isinstance(resolved, str) or not resolved.strip():
         raise ConfigError(f"{where}: litellm_params.model resolved to an empty value")
-
-    info = raw.get("model_info")
-    if info is None:
-        info = {}
-    if not isinstance(info, Mapping):
-        raise ConfigError(f"{where}: model_info must be a mapping")
-
-    return ModelEntry(
-        name=name,
-        litellm_params=params,
-        price=_price(where, params, info, price_of),
-        max_output_tokens=_max_output_tokens(where, info),
-        tokenizer_family=tokenizer_family(litellm_model),
-    )
+    return params
 
 
 def _resolve(value: Any, key: str, where: str, environ: Mapping[str, str]) -> Any:

@@ -16,10 +16,10 @@ are integers of nano-USD: an actual cost rounds half up, an upper bound rounds u
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, ROUND_CEILING, ROUND_HALF_UP, Context, Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 from typing import Final
 
-NANOUSD_PER_USD = Decimal(1_000_000_000)
+from schemas.money import to_nanousd
 
 # Products and sums of finite decimals are exact at unbounded precision: nothing is
 # rounded before the one rounding to nano-USD.
@@ -238,7 +238,7 @@ class ModelPrice(Rates):
 
     def cost_nanousd(self, usage: TokenUsage) -> int:
         """The actual cost of ``usage``, exact, rounded half up to nano-USD."""
-        return _to_nanousd(self.cost_usd(usage), ROUND_HALF_UP)
+        return to_nanousd(self.cost_usd(usage), round_up=False)
 
     def bound_nanousd(self, prompt_tokens: int, completion_tokens: int) -> int:
         """An upper bound, rounded up, of what any usage of at most ``prompt_tokens`` and
@@ -259,7 +259,7 @@ class ModelPrice(Rates):
                 _EXACT.multiply(rates.dearest_completion, completion_tokens),
             )
             worst = max(worst, usd)
-        return _to_nanousd(_EXACT.multiply(worst, self._bound_multiplier), ROUND_CEILING)
+        return to_nanousd(_EXACT.multiply(worst, self._bound_multiplier), round_up=True)
 
     def _segment(self, prompt_tokens: int) -> _Resolved:
         chosen = self._segments[0][1]
@@ -331,11 +331,6 @@ def _dot(rates: tuple[Decimal, ...], counts: tuple[int, ...]) -> Decimal:
         if count:
             total = _EXACT.add(total, _EXACT.multiply(rate, count))
     return total
-
-
-def _to_nanousd(usd: Decimal, rounding: str) -> int:
-    nano = _EXACT.multiply(usd, NANOUSD_PER_USD)
-    return int(nano.to_integral_value(rounding=rounding, context=_EXACT))
 
 
 def to_price(value: float | str | Decimal) -> Decimal:

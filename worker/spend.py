@@ -17,6 +17,10 @@ spend money only through :meth:`SpendPath.run`, so every money rule holds for bo
   ``MAX_LEASE_LOSSES`` times.
 - **Another delivery of the same job** (a rebalance handed it over while its old
   owner still runs it) is waited for, never run twice at once: its outcome answers.
+
+One module of about 420 lines on purpose: these rules are one sequence over one
+reservation, and apart the lease, fence and shielded-settle decisions would no longer
+be read beside the steps they guard.
 """
 
 from __future__ import annotations

@@ -15,6 +15,11 @@ constructor, and the dev rigs and benchmarks. This module and ``worker.settings`
 only ones that touch ``os.environ``: settings read the worker's own variables; this
 module writes the variables of the libraries that read them themselves.
 
+One module does something when imported, on purpose: ``worker.compat`` calls
+``keep_offline`` first, because code written for LiteLLM's ``BudgetManager`` changes only
+its import line and must not need a set-up call to stay offline. It sets nothing else;
+litellm's settings and the warm-up wait for the first manager, which calls ``prepare``.
+
 Because litellm reads its cost-map setting at import, a module that imports litellm
 (``worker.provider``, ``worker.pricebook``, and so everything that imports them) cannot be
 imported into a process where neither has happened: ``require_local_cost_map`` refuses,
@@ -32,7 +37,13 @@ from pathlib import Path
 
 from worker.errors import ConfigError
 
-__all__ = ["library_environment", "prepare", "require_local_cost_map"]
+__all__ = [
+    "bundled_tokenizers_dir",
+    "keep_offline",
+    "library_environment",
+    "prepare",
+    "require_local_cost_map",
+]
 
 _COST_MAP_VARIABLE = "LITELLM_LOCAL_MODEL_COST_MAP"
 _lock = threading.Lock()
@@ -46,19 +57,25 @@ def prepare() -> None:
     with _lock:  # two threads (BudgetManager users) must not warm litellm up twice
         if _prepared:
             return
-        for name, value in library_environment().items():
-            os.environ.setdefault(name, value)
+        keep_offline()
         from worker import provider  # litellm's first import, after the variables
 
         provider.configure_litellm()
         _prepared = True
 
 
+def keep_offline() -> None:
+    """Set the variables that keep litellm and tiktoken on their bundled files, unless
+    set already: the part of ``prepare`` that must precede litellm's first import."""
+    for name, value in library_environment().items():
+        os.environ.setdefault(name, value)
+
+
 def library_environment() -> dict[str, str]:
     """The variables ``prepare`` sets unless already set (deployments may set them
     themselves, as ``deploy/Dockerfile`` does)."""
     environment = {_COST_MAP_VARIABLE: "True"}
-    tokenizers = _bundled_tokenizers_dir()
+    tokenizers = bundled_tokenizers_dir()
     if tokenizers is not None:
         environment["TIKTOKEN_CACHE_DIR"] = tokenizers
     return environment
@@ -84,7 +101,7 @@ def _is_true(value: str | None) -> bool:
     return value is not None and value.lower() == "true"  # as litellm reads them
 
 
-def _bundled_tokenizers_dir() -> str | None:
+def bundled_tokenizers_dir() -> str | None:
     """litellm's copy of tiktoken's BPE files, found without importing litellm."""
     spec = importlib.util.find_spec("litellm")
     if spec is None or not spec.submodule_search_locations:

@@ -137,7 +137,23 @@ def redis_binary() -> str:
     return str(binary)
 
 
-class EmbeddedKafka:
+class _OnePort:
+    """A server of one ``ServerProcess``, started, stopped and restarted on its port."""
+
+    server: ServerProcess
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class EmbeddedKafka(_OnePort):
     """A memory-only Tansu broker. Data does not survive ``restart()``."""
 
     def __init__(self, workdir: Path, port: int | None = None) -> None:
@@ -158,16 +174,6 @@ class EmbeddedKafka:
     @property
     def bootstrap(self) -> str:
         return f"{LOOPBACK}:{self.port}"
-
-    def start(self) -> None:
-        self.server.start()
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
     def create_topic(self, name: str, partitions: int = 3) -> None:
         """Create a topic with the broker's own CLI; an existing topic is fine."""
@@ -191,7 +197,7 @@ class EmbeddedKafka:
             raise RuntimeError(f"creating topic {name!r} failed: {output.strip()}")
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(_OnePort):
     """A Redis-compatible server with no persistence, stoppable and restartable on its port."""
 
     def __init__(
@@ -222,16 +228,6 @@ class EmbeddedRedis:
     @property
     def url(self) -> str:
         return f"redis://{LOOPBACK}:{self.port}/0"
-
-    def start(self) -> None:
-        self.server.start()
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
 
 class EmbeddedRedisCluster:

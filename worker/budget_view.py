@@ -1,0 +1,87 @@
+"""How ``budget-worker budget`` shows a budget: exact USD text of nano-USD, times in
+RFC 3339 UTC, the JSON of ``--json`` and the table."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from schemas.money import nanousd_to_decimal
+from worker import ledger
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def format_usd(nanousd: int) -> str:
+    """Nano-USD as exact decimal USD text: 200000 -> ``$0.0002``."""
+    usd = nanousd_to_decimal(nanousd).normalize()
+    return f"${usd:f}"
+
+
+def rfc3339(ms: int | None) -> str | None:
+    """A time in ms since the epoch as RFC 3339 UTC (``2025-01-02T00:00:00Z``)."""
+    if ms is None:
+        return None
+    moment = _EPOCH + timedelta(milliseconds=ms)
+    timespec = "seconds" if ms % 1000 == 0 else "milliseconds"
+    return moment.isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def state_json(state: ledger.BudgetState) -> dict[str, Any]:
+    """``budget show --json``: money as integers of nano-USD, times in RFC 3339."""
+    snapshot, budget = state.snapshot, state.budget
+    return {
+        "user_id": state.user_id,
+        "limit_nanousd": snapshot.limit_nanousd,
+        "spent_nanousd": snapshot.spent_nanousd,
+        "reserved_nanousd": snapshot.reserved_nanousd,
+        "remaining_nanousd": snapshot.remaining_nanousd,
+        "period": budget.period,
+        "window_s": budget.window_s,
+        "period_end": rfc3339(snapshot.period_end_ms),
+        "model_spend_nanousd": dict(sorted(state.model_spend_nanousd.items())),
+        "rpm": budget.rpm,
+        "tpm": budget.tpm,
+    }
+
+
+def period_words(budget: ledger.Budget) -> str:
+    return f"per {budget.window_s} s window" if budget.period == "rolling" else budget.period
+
+
+def period_text(budget: ledger.Budget) -> str:
+    if budget.period == "rolling":
+        return f"rolling {budget.window_s} s"
+    return budget.period
+
+
+def rates_text(budget: ledger.Budget) -> str:
+    rates = [f"{budget.rpm} rpm"] if budget.rpm is not None else []
+    if budget.tpm is not None:
+        rates.append(f"{budget.tpm} tpm")
+    return f", {', '.join(rates)}" if rates else ""
+
+
+def state_table(state: ledger.BudgetState) -> Table:
+    snapshot, budget = state.snapshot, state.budget
+    table = Table(title=Text(f"budget of {state.user_id}"), show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    rows = [
+        ("limit", format_usd(snapshot.limit_nanousd)),
+        ("spent", format_usd(snapshot.spent_nanousd)),
+        ("reserved", format_usd(snapshot.reserved_nanousd)),
+        ("remaining", format_usd(snapshot.remaining_nanousd)),
+        ("period", period_text(budget)),
+        ("period end", rfc3339(snapshot.period_end_ms) or "never"),
+        ("rpm", str(budget.rpm) if budget.rpm is not None else "-"),
+        ("tpm", str(budget.tpm) if budget.tpm is not None else "-"),
+    ]
+    for field, value in rows:
+        table.add_row(field, value)
+    for model, spent in sorted(state.model_spend_nanousd.items()):
+        table.add_row(Text(f"spent on {model}"), format_usd(spent))
+    return table
