@@ -28,7 +28,7 @@ from hypothesis.stateful import (
 
 from worker.ledger import (
     Budget,
-    BudgetSnapshot,
+    PeriodSnapshot,
     Busy,
     Finished,
     Ledger,
@@ -193,7 +193,7 @@ class LedgerModel:
 # -- the real ledger, in the model's terms ---------------------------------------------------
 
 
-def _snap(snapshot: BudgetSnapshot) -> tuple[int, int, int]:
+def _snap(snapshot: PeriodSnapshot) -> tuple[int, int, int]:
     return (snapshot.limit_nanousd, snapshot.spent_nanousd, snapshot.reserved_nanousd)
 
 

@@ -67,9 +67,9 @@ def parse_usd(text: str) -> int:
     nanousd = amount * _NANO
     if nanousd != nanousd.to_integral_value():
         raise typer.BadParameter(f"{text} is finer than 1 nano-USD (0.000000001 USD)")
-    if nanousd > ledger.MAX_NANOUSD:
+    if nanousd > ledger.MAX_AMOUNT_NANOUSD:
         raise typer.BadParameter(
-            f"{text} is over the largest limit, {format_usd(ledger.MAX_NANOUSD)}"
+            f"{text} is over the largest limit, {format_usd(ledger.MAX_AMOUNT_NANOUSD)}"
         )
     return int(nanousd)
 

@@ -127,7 +127,7 @@ class Ended:
     """The job had already ended: republish its stored outcome (None once expired)."""
 
     outcome: bytes | None
-    snapshot: ledger.BudgetSnapshot | None
+    snapshot: ledger.PeriodSnapshot | None
 
 
 @dataclass(frozen=True, slots=True)
