@@ -163,7 +163,8 @@ class Ledger(ScopeOps):
         model_token = keys.encode_id(model) if model else ""
 
         async def step(slot: keys.Slot) -> Any:
-            args = self._head(slot, job_id) + [
+            args = [
+                *self._head(slot, job_id),
                 utf8(holder),
                 str(cost_nanousd),
                 str(tokens),
@@ -220,7 +221,7 @@ class Ledger(ScopeOps):
         the job holds no live reservation of ``holder``."""
         check_int("lease_ms", lease_ms, 0, MAX_LEASE_MS)
         slot = await self.slot_of(user_id)
-        args = self._head(slot, job_id) + [utf8(holder), str(lease_ms)]
+        args = [*self._head(slot, job_id), utf8(holder), str(lease_ms)]
         return bool(await self.conn.run("extend", self._job_keys(slot, job_id), args))
 
     async def renew(self, leases: Sequence[LeaseRef], *, lease_ms: int) -> list[bool | None]:
@@ -235,7 +236,7 @@ class Ledger(ScopeOps):
         commands = []
         for lease in leases:
             slot = await self.slot_of(lease.user_id)
-            args = self._head(slot, lease.job_id) + [utf8(lease.holder), str(lease_ms)]
+            args = [*self._head(slot, lease.job_id), utf8(lease.holder), str(lease_ms)]
             commands.append((self._job_keys(slot, lease.job_id), args))
         answers = await self.conn.pipeline("extend", commands)
         if answers and all(isinstance(answer, BaseException) for answer in answers):
@@ -261,7 +262,8 @@ class Ledger(ScopeOps):
         check_int("tokens", tokens, 0, MAX_TOKENS)
 
         async def step(slot: keys.Slot) -> Any:
-            args = self._head(slot, job_id) + [
+            args = [
+                *self._head(slot, job_id),
                 utf8(holder),
                 str(cost_nanousd),
                 str(tokens),
@@ -290,7 +292,7 @@ class Ledger(ScopeOps):
         holder's live reservation is never touched. With ``outcome`` the job is final;
         without, a redelivery may reserve it again."""
         slot = await self.slot_of(user_id)
-        args = self._head(slot, job_id) + [utf8(holder)]
+        args = [*self._head(slot, job_id), utf8(holder)]
         if outcome is None:
             args += ["0", b"", self._outcome_ttl_ms]
         else:
@@ -303,7 +305,7 @@ class Ledger(ScopeOps):
         job was settled). :class:`Busy` when another delivery of the job holds a live
         reservation: its outcome will answer the job."""
         slot = await self.slot_of(user_id)
-        args = self._head(slot, job_id) + [outcome, self._outcome_ttl_ms]
+        args = [*self._head(slot, job_id), outcome, self._outcome_ttl_ms]
         reply = await self.conn.run("finish", self._job_keys(slot, job_id), args)
         if reply[0] == 2:
             return Busy(holder=text(reply[1]))
