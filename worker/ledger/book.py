@@ -13,7 +13,7 @@ way, asks to try again in a moment.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from schemas.money import usd_to_nanousd
@@ -49,7 +49,8 @@ class Ledger(ScopeOps):
     (a job record is kept at least as long as its outcome). ``default_budget`` is given
     to a user with no budget on their first reserve. ``max_in_flight`` bounds
     concurrent calls (the cluster client raises instead of waiting when a node's
-    connections run out).
+    connections run out). ``clock_ms`` replaces Redis's clock with the caller's, for
+    tests that move time (grant expiry); the worker never sets it.
     """
 
     def __init__(
@@ -61,6 +62,7 @@ class Ledger(ScopeOps):
         default_budget: Budget | None = None,
         max_in_flight: int | None = None,
         directory_ttl_s: float = 60.0,
+        clock_ms: Callable[[], int] | None = None,
     ) -> None:
         check_int("charge_ttl_s", charge_ttl_s, 1, 10 * 365 * 86400)
         check_int("outcome_ttl_s", outcome_ttl_s, 1, 10 * 365 * 86400)
@@ -84,6 +86,7 @@ class Ledger(ScopeOps):
             ]
         )
         self._directory_ttl_s = directory_ttl_s
+        self._clock_ms = clock_ms
         self._slots: dict[str, tuple[float, keys.Slot]] = {}
 
     @classmethod
@@ -139,7 +142,7 @@ class Ledger(ScopeOps):
         return [slot.leases, slot.job(job_id), slot.outcome(job_id)]
 
     def _head(self, slot: keys.Slot, job_id: str) -> list[str | bytes]:
-        return [slot.prefix, self._keep_ms, keys.job_token(job_id)]
+        return [slot.prefix, self._keep(), keys.job_token(job_id)]
 
     # -- jobs --------------------------------------------------------------------------
 

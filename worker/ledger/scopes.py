@@ -100,8 +100,15 @@ class ScopeOps:
 
     conn: Connection
     _keep_ms: str
+    _clock_ms: Callable[[], int] | None
     _directory_ttl_s: float
     _slots: dict[str, tuple[float, keys.Slot]]
+
+    def _keep(self) -> str:
+        """ARGV[2] of every script: the keep time, and a fixed clock when one is set."""
+        if self._clock_ms is None:
+            return self._keep_ms
+        return f"{self._keep_ms}:{self._clock_ms()}"
 
     # -- where a user, team or org lives ----------------------------------------------
 
@@ -163,7 +170,7 @@ class ScopeOps:
         return slot, slot.org
 
     def _args(self, slot: keys.Slot, prefix: str) -> list[str | bytes]:
-        return [slot.prefix, self._keep_ms, prefix]
+        return [slot.prefix, self._keep(), prefix]
 
     async def _index(self, scope: Scope) -> None:
         await self.conn.command(
