@@ -494,3 +494,19 @@ def test_membership_and_credit_options_are_checked(cli: Any) -> None:
     assert cli("adjust", "u", "--amount-usd", "0", "--id", "a").exit_code == 2
     result = cli("grant", "nobody", "--amount-usd", "1", "--id", "g")
     assert result.exit_code == 1 and "no budget record" in result.stderr
+
+
+def test_set_with_model_gives_a_user_a_limit_on_one_model(cli: Any, redis_url: str) -> None:
+    assert cli("set", "erin", "--limit-usd", "1").exit_code == 0
+    result = cli("set", "erin", "--model", "gpt-4o", "--limit-usd", "0.000001")
+    assert result.exit_code == 0, result.output
+    assert "budget of 'erin' on 'gpt-4o' set" in result.stdout
+
+    async def run(book: ledger.Ledger) -> Any:
+        return await book.reserve(
+            "erin", "j1", cost_nanousd=2000, tokens=0, lease_ms=60_000, holder="t", model="gpt-4o"
+        )
+
+    refused = on_ledger(redis_url, run)
+    assert isinstance(refused, ledger.Refused) and refused.scope == "model:erin/gpt-4o"
+    assert cli("set", "team:x", "--model", "m", "--limit-usd", "1").exit_code == 2

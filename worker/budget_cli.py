@@ -333,6 +333,14 @@ def set_budget(
         bool,
         typer.Option("--no-limit", help="No USD limit: rate limits or credits only."),
     ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="A user's own limit on this model (checked with the user's); give it whole.",
+            show_default=False,
+        ),
+    ] = None,
     as_user: AsUser = False,
     redis_url: RedisUrl = None,
 ) -> None:
@@ -348,11 +356,14 @@ def set_budget(
     # Refused before Redis is reached: wrong whatever the current budget is.
     _refuse_contradictions(period_, window_s, rpm, tpm, no_rpm=no_rpm, no_tpm=no_tpm)
 
+    if model is not None and scope.kind != "user":
+        raise typer.BadParameter("applies to a user only", param_hint="'--model'")
+
     async def run(book: ledger.Ledger) -> ledger.Budget:
         # Read, then write: two operators changing one user at the same instant may
         # lose one change (the last write wins); the ledger's own steps stay atomic.
         budget = merge_budget(
-            await book.get_budget(scope),
+            None if model is not None else await book.get_budget(scope),
             limit_nanousd=limit_usd,
             period=period_,
             window_s=window_s,
@@ -363,14 +374,18 @@ def set_budget(
             no_limit=no_limit,
         )
         try:
-            await book.set_budget(scope, budget)
+            if model is not None:
+                await book.set_model_budget(scope.id, model, budget)
+            else:
+                await book.set_budget(scope, budget)
         except ValueError as exc:  # a team that was never created
             _fail(str(exc))
         return budget
 
     budget = _ledger_call(redis_url, run)
     words = f"{format_limit(budget.limit_nanousd)} {_period_words(budget)}"
-    typer.echo(f"budget of {label(scope)} set: {words}" + _rates(budget))
+    on = f" on {model!r}" if model is not None else ""
+    typer.echo(f"budget of {label(scope)}{on} set: {words}" + _rates(budget))
 
 
 @app.command("show")
