@@ -337,3 +337,29 @@ async def test_team_credits_admit_members_past_the_team_allowance(ledger: Ledger
         300,
         100,
     )
+
+
+async def test_scopes_are_listed_page_by_page(ledger: Ledger, ids: str) -> None:
+    teams = {f"{ids}-team-{i}" for i in range(5)}
+    for team in teams:
+        await ledger.create_team(team, f"{ids}-acme")
+    found: set[str] = set()
+    cursor = None
+    for _ in range(100):
+        page = await ledger.list_scopes("team", cursor, count=2)
+        found |= set(page.items)
+        cursor = page.cursor
+        if cursor is None:
+            break
+    assert teams <= found
+    orgs: set[str] = set()
+    cursor = None
+    for _ in range(100):
+        page = await ledger.list_scopes("org", cursor, count=1000)
+        orgs |= set(page.items)
+        cursor = page.cursor
+        if cursor is None:
+            break
+    assert f"{ids}-acme" in orgs
+    with pytest.raises(ValueError):
+        await ledger.list_scopes("galaxy")
