@@ -21,12 +21,12 @@ from worker.dev.servers import EmbeddedRedis
 from worker.errors import LedgerError, LedgerUnavailable
 from worker.ledger import (
     Budget,
-    BudgetSnapshot,
     Busy,
     Finished,
     LeaseRef,
     Ledger,
     NoBudget,
+    PeriodSnapshot,
     Refused,
     Reserved,
     ReserveResult,
@@ -80,7 +80,7 @@ async def spent(ledger: Ledger, user: str) -> int:
     return (await snapshot(ledger, user)).spent_nanousd
 
 
-async def snapshot(ledger: Ledger, user: str) -> BudgetSnapshot:
+async def snapshot(ledger: Ledger, user: str) -> PeriodSnapshot:
     state = await ledger.state(user)
     assert state is not None
     return state.snapshot
@@ -220,7 +220,7 @@ async def test_settle_after_the_lease_was_reclaimed_charges_exactly_once(
     first = await settle(ledger, "alice", "j1", 350)
     second = await settle(ledger, "alice", "j1", 350)
     assert first.first and not second.first
-    assert (await snapshot(ledger, "alice")) == BudgetSnapshot(1000, 350, 0, 650, None)
+    assert (await snapshot(ledger, "alice")) == PeriodSnapshot(1000, 350, 0, 650, None)
 
 
 async def test_a_reclaimed_job_may_be_reserved_again(ledger: Ledger) -> None:
@@ -276,12 +276,12 @@ async def test_a_stale_settle_is_charged_on_its_own_and_leaves_the_live_reservat
     await reserve(ledger, "alice", "j1", 400, holder="new")
     stale = await settle(ledger, "alice", "j1", 250, holder="old", outcome=b"old answer")
     assert stale.first and stale.charged_nanousd == 250
-    assert await snapshot(ledger, "alice") == BudgetSnapshot(1000, 250, 400, 350, None)
+    assert await snapshot(ledger, "alice") == PeriodSnapshot(1000, 250, 400, 350, None)
     again = await settle(ledger, "alice", "j1", 250, holder="old", outcome=b"old answer")
     assert not again.first and again.charged_nanousd == 250  # once per call
     live = await settle(ledger, "alice", "j1", 300, holder="new", outcome=b"new answer")
     assert live.first and live.outcome == b"old answer"  # the first outcome stays
-    assert await snapshot(ledger, "alice") == BudgetSnapshot(1000, 550, 0, 450, None)
+    assert await snapshot(ledger, "alice") == PeriodSnapshot(1000, 550, 0, 450, None)
 
 
 async def test_renew_extends_every_live_lease_in_one_call_and_reports_the_lost(
@@ -337,7 +337,7 @@ async def test_settle_moves_the_reservation_to_spent_at_the_actual_cost(ledger: 
     await ledger.set_budget("alice", Budget(1000, "none"))
     await reserve(ledger, "alice", "j1", 400)
     settled = await settle(ledger, "alice", "j1", 123, outcome=b'{"type":"ok"}')
-    assert settled == Settled(123, True, b'{"type":"ok"}', BudgetSnapshot(1000, 123, 0, 877, None))
+    assert settled == Settled(123, True, b'{"type":"ok"}', PeriodSnapshot(1000, 123, 0, 877, None))
     state = await ledger.state("alice")
     assert state is not None and state.model_spend_nanousd == {"gpt-x": 123}
 
@@ -346,7 +346,7 @@ async def test_settle_records_the_actual_cost_even_past_the_cap(ledger: Ledger) 
     await ledger.set_budget("alice", Budget(1000, "none"))
     await reserve(ledger, "alice", "j1", 900)
     settled = await settle(ledger, "alice", "j1", 1500)
-    assert settled.snapshot == BudgetSnapshot(1000, 1500, 0, 0, None)
+    assert settled.snapshot == PeriodSnapshot(1000, 1500, 0, 0, None)
     # Over the cap, even a free job is refused until the period ends.
     assert isinstance(await reserve(ledger, "alice", "j2", 0), Refused)
 
@@ -387,7 +387,7 @@ async def test_settle_after_release_charges_once_and_keeps_the_first_outcome(
     await ledger.release("alice", "j1", holder="w1", outcome=b"failed")
     settled = await settle(ledger, "alice", "j1", 200, outcome=b"succeeded")
     assert (settled.first, settled.outcome, settled.charged_nanousd) == (True, b"failed", 200)
-    assert await snapshot(ledger, "alice") == BudgetSnapshot(1000, 200, 0, 800, None)
+    assert await snapshot(ledger, "alice") == PeriodSnapshot(1000, 200, 0, 800, None)
 
 
 # -- release and finish -------------------------------------------------------------------
@@ -397,7 +397,7 @@ async def test_release_drops_the_reservation_and_charges_nothing(ledger: Ledger)
     await ledger.set_budget("alice", Budget(1000, "none"))
     await reserve(ledger, "alice", "j1", 400)
     assert await ledger.release("alice", "j1", holder="w1", outcome=b"failed")
-    assert await snapshot(ledger, "alice") == BudgetSnapshot(1000, 0, 0, 1000, None)
+    assert await snapshot(ledger, "alice") == PeriodSnapshot(1000, 0, 0, 1000, None)
 
 
 async def test_release_is_idempotent(ledger: Ledger) -> None:
@@ -500,7 +500,7 @@ async def test_settle_charges_the_period_the_reservation_was_made_in(ledger: Led
     assert isinstance(reserved, Reserved)
     await _wait_past(reserved.snapshot.period_end_ms)
     settled = await settle(ledger, "alice", "j1", 700)
-    assert settled.snapshot == BudgetSnapshot(1000, 700, 0, 300, reserved.snapshot.period_end_ms)
+    assert settled.snapshot == PeriodSnapshot(1000, 700, 0, 300, reserved.snapshot.period_end_ms)
     now = await snapshot(ledger, "alice")
     assert (now.spent_nanousd, now.reserved_nanousd) == (0, 0)
 
@@ -554,7 +554,7 @@ def _instants() -> list[int]:
 
 
 def test_calendar_periods_in_lua_match_pythons_calendar(redis_url: str) -> None:
-    prelude = resources.files("worker").joinpath("lua", "common.lua").read_text("utf-8")
+    prelude = resources.files("worker.ledger").joinpath("lua", "common.lua").read_text("utf-8")
     body = """
 local out = {}
 for i = 5, #ARGV do
@@ -579,7 +579,7 @@ return out
 
 
 def test_rolling_windows_in_lua_count_from_the_start(redis_url: str) -> None:
-    prelude = resources.files("worker").joinpath("lua", "common.lua").read_text("utf-8")
+    prelude = resources.files("worker.ledger").joinpath("lua", "common.lua").read_text("utf-8")
     body = "local id, finish = period_of('rolling', tonumber(ARGV[4]), 1000, 60)\n"
     body += "return {id, finish}"
     client = redis.Redis.from_url(redis_url)
@@ -667,7 +667,7 @@ async def test_multiples_of_100_million_are_applied_exactly(redis_url: str) -> N
         await settle(ledger, "alice", "j0", 100_000_000, tokens=100_000_000)
         await settle(ledger, "alice", "j1", 1_000_000_000, tokens=300_000_000)
         await ledger.release("alice", "j2", holder="w1")
-        assert await snapshot(ledger, "alice") == BudgetSnapshot(
+        assert await snapshot(ledger, "alice") == PeriodSnapshot(
             300_000_000, 1_100_000_000, 0, 0, (await snapshot(ledger, "alice")).period_end_ms
         )
         await ledger.set_budget("alice", Budget(3_000_000_000, "daily"))

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from worker.ledger import Budget, BudgetSnapshot, Ledger
+from worker.ledger import Budget, Ledger, PeriodSnapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 PROCESSES = 4
@@ -42,7 +42,7 @@ asyncio.run(main())
 """
 
 
-async def current(ledger: Ledger, user: str) -> BudgetSnapshot:
+async def current(ledger: Ledger, user: str) -> PeriodSnapshot:
     state = await ledger.state(user)
     assert state is not None
     return state.snapshot

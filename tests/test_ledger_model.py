@@ -28,11 +28,11 @@ from hypothesis.stateful import (
 
 from worker.ledger import (
     Budget,
-    BudgetSnapshot,
     Busy,
     Finished,
     Ledger,
     NoBudget,
+    PeriodSnapshot,
     Refused,
     Reserved,
     ReserveResult,
@@ -193,7 +193,7 @@ class LedgerModel:
 # -- the real ledger, in the model's terms ---------------------------------------------------
 
 
-def _snap(snapshot: BudgetSnapshot) -> tuple[int, int, int]:
+def _snap(snapshot: PeriodSnapshot) -> tuple[int, int, int]:
     return (snapshot.limit_nanousd, snapshot.spent_nanousd, snapshot.reserved_nanousd)
 
 

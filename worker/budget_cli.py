@@ -1,4 +1,9 @@
-"""``budget-worker budget ...``: create, change, show, list, reset and delete budgets.
+"""``budget-worker budget ...``: budgets of users, teams and organisations, membership,
+prepaid credits and their history.
+
+A SCOPE argument is ``team:ID`` or ``org:ID`` for a team or an organisation; anything
+else is a user id exactly as jobs carry it (``--user`` reads even ``team:x`` as a user
+id).
 
 Amounts are typed in USD as decimal text and stored as exact integers of nano-USD
 (``0.0002`` is 200,000 nano-USD); an amount finer than one nano-USD is refused rather
@@ -17,18 +22,30 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from schemas.money import nanousd_to_decimal, to_nanousd
 from worker import ledger
+from worker.budget_args import (
+    AsJson,
+    AsUser,
+    RedisUrl,
+    ScopeArg,
+    fail,
+    label,
+    ledger_call,
+    no_budget,
+    parse_scope,
+    parse_usd,
+)
+from worker.budget_scopes import members
 from worker.budget_view import (
+    format_limit,
     format_usd,
     period_text,
     period_words,
@@ -37,15 +54,11 @@ from worker.budget_view import (
     state_json,
     state_table,
 )
-from worker.errors import ConfigError, LedgerError, LedgerUnavailable
-from worker.settings import load_settings
 
 __all__ = ["app", "format_usd", "parse_usd", "rfc3339", "state_json"]
 
-T = TypeVar("T")
-
 app = typer.Typer(
-    help="Create, change, show, list, reset and delete users' budgets.",
+    help="Budgets of users, teams and organisations; membership; credits and their history.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -59,80 +72,6 @@ class PeriodChoice(StrEnum):
     yearly = "yearly"
     rolling = "rolling"
     none = "none"
-
-
-def parse_usd(text: str) -> int:
-    """USD as decimal text to nano-USD, exactly; ``typer.BadParameter`` when it is not
-    a number, negative, finer than one nano-USD or beyond the ledger's limit."""
-    try:
-        amount = Decimal(text.strip())
-    except InvalidOperation:
-        raise typer.BadParameter(f"{text!r} is not a decimal number of USD") from None
-    if not amount.is_finite():
-        raise typer.BadParameter(f"{text!r} is not a finite amount")
-    if amount < 0:
-        raise typer.BadParameter(f"{text} is negative; a limit is at least 0")
-    if amount > nanousd_to_decimal(ledger.MAX_NANOUSD):
-        raise typer.BadParameter(
-            f"{text} is over the largest limit, {format_usd(ledger.MAX_NANOUSD)}"
-        )
-    nanousd = to_nanousd(amount, round_up=False)
-    if nanousd_to_decimal(nanousd) != amount:
-        raise typer.BadParameter(f"{text} is finer than 1 nano-USD (0.000000001 USD)")
-    return nanousd
-
-
-# --- options ----------------------------------------------------------------------------
-
-RedisUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--redis-url",
-        help="The ledger's Redis URL (default: BW_REDIS_URL, else redis://localhost:6379/0).",
-        show_default=False,
-    ),
-]
-AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object instead.")]
-UserArg = Annotated[str, typer.Argument(help="The user id, as jobs carry it.", show_default=False)]
-
-
-def _ledger_call(redis_url: str | None, call: Callable[[ledger.Ledger], Awaitable[T]]) -> T:
-    """Run ``call`` against a ledger for the configured Redis. Exit 2 on bad settings or
-    credentials Redis refuses (retrying cannot help), 1 when Redis is unreachable."""
-    try:
-        settings = load_settings() if redis_url is None else load_settings(redis_url=redis_url)
-    except ConfigError as exc:
-        _fail(str(exc), code=2)
-
-    async def main() -> T:
-        book = ledger.Ledger.from_url(
-            settings.redis_url,
-            cluster=settings.redis_cluster,
-            max_connections=16,
-            timeout_s=settings.redis_timeout_s,
-        )
-        try:
-            # A wrong password is told apart from an outage here, as the worker does.
-            await book.check_access()
-            return await call(book)
-        finally:
-            await book.close()
-
-    try:
-        return asyncio.run(main())
-    except ConfigError as exc:
-        _fail(str(exc), code=2)
-    except (LedgerUnavailable, LedgerError) as exc:
-        _fail(str(exc))
-
-
-def _fail(message: str, *, code: int = 1) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _no_budget(user: str) -> NoReturn:
-    _fail(f"user {user!r} has no budget")
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -186,6 +125,7 @@ def merge_budget(
     tpm: int | None = None,
     no_rpm: bool = False,
     no_tpm: bool = False,
+    no_limit: bool = False,
 ) -> ledger.Budget:
     """The budget ``budget set`` writes: ``current`` with only what was given changed.
 
@@ -195,10 +135,13 @@ def merge_budget(
     rolling and dropped when it changes. Raises ``typer.BadParameter`` naming the
     option."""
     _refuse_contradictions(period, window_s, rpm, tpm, no_rpm=no_rpm, no_tpm=no_tpm)
+    if limit_nanousd is not None and no_limit:
+        raise typer.BadParameter("cannot be given with --no-limit", param_hint="'--limit-usd'")
     if current is None:
-        if limit_nanousd is None:
+        if limit_nanousd is None and not no_limit:
             raise typer.BadParameter(
-                "is required for a user who has no budget yet", param_hint="'--limit-usd'"
+                "is required for a scope that has no budget yet (or --no-limit)",
+                param_hint="'--limit-usd'",
             )
         current = ledger.Budget(limit_nanousd=limit_nanousd)
     new_period = period or current.period
@@ -213,7 +156,9 @@ def merge_budget(
                 "must be given with --period rolling", param_hint="'--window-s'"
             )
     return ledger.Budget(
-        limit_nanousd=current.limit_nanousd if limit_nanousd is None else limit_nanousd,
+        limit_nanousd=None
+        if no_limit
+        else (current.limit_nanousd if limit_nanousd is None else limit_nanousd),
         period=new_period,
         window_s=window_s,
         rpm=None if no_rpm else (current.rpm if rpm is None else rpm),
@@ -223,7 +168,7 @@ def merge_budget(
 
 @app.command("set")
 def set_budget(
-    user: UserArg,
+    scope_text: ScopeArg,
     limit_usd: Annotated[
         int | None,
         typer.Option(
@@ -277,24 +222,41 @@ def set_budget(
     no_tpm: Annotated[
         bool, typer.Option("--no-tpm", help="Remove the tokens-per-minute limit.")
     ] = False,
+    no_limit: Annotated[
+        bool,
+        typer.Option("--no-limit", help="No USD limit: rate limits or credits only."),
+    ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="A user's own limit on this model (checked with the user's); give it whole.",
+            show_default=False,
+        ),
+    ] = None,
+    as_user: AsUser = False,
     redis_url: RedisUrl = None,
 ) -> None:
-    """Create USER's budget, or change what is given of it.
+    """Create SCOPE's budget, or change what is given of it.
 
-    A new budget needs --limit-usd and is daily with no rate limits unless told
-    otherwise. An existing budget keeps every limit not named here (--rpm 60 alone
-    changes only the rpm); --no-rpm and --no-tpm remove a rate limit. What USER spent
-    in the current period is kept.
+    A new budget needs --limit-usd (or --no-limit) and is daily with no rate limits
+    unless told otherwise. An existing budget keeps every limit not named here (--rpm 60
+    alone changes only the rpm); --no-rpm and --no-tpm remove a rate limit. What SCOPE
+    spent in the current period is kept. A team must exist first (budget team).
     """
+    scope = parse_scope(scope_text, as_user=as_user)
     period_: ledger.Period | None = None if period is None else period.value
     # Refused before Redis is reached: wrong whatever the current budget is.
     _refuse_contradictions(period_, window_s, rpm, tpm, no_rpm=no_rpm, no_tpm=no_tpm)
+
+    if model is not None and scope.kind != "user":
+        raise typer.BadParameter("applies to a user only", param_hint="'--model'")
 
     async def run(book: ledger.Ledger) -> ledger.Budget:
         # Read, then write: two operators changing one user at the same instant may
         # lose one change (the last write wins); the ledger's own steps stay atomic.
         budget = merge_budget(
-            await book.get_budget(user),
+            None if model is not None else await book.get_budget(scope),
             limit_nanousd=limit_usd,
             period=period_,
             window_s=window_s,
@@ -302,52 +264,86 @@ def set_budget(
             tpm=tpm,
             no_rpm=no_rpm,
             no_tpm=no_tpm,
+            no_limit=no_limit,
         )
-        await book.set_budget(user, budget)
+        try:
+            if model is not None:
+                await book.set_model_budget(scope.id, model, budget)
+            else:
+                await book.set_budget(scope, budget)
+        except ValueError as exc:  # a team that was never created
+            fail(str(exc))
         return budget
 
-    budget = _ledger_call(redis_url, run)
-    typer.echo(
-        f"budget of {user!r} set: {format_usd(budget.limit_nanousd)} {period_words(budget)}"
-        + rates_text(budget)
-    )
+    budget = ledger_call(redis_url, run)
+    words = f"{format_limit(budget.limit_nanousd)} {period_words(budget)}"
+    on = f" on {model!r}" if model is not None else ""
+    typer.echo(f"budget of {label(scope)}{on} set: {words}" + rates_text(budget))
 
 
 @app.command("show")
-def show(user: UserArg, as_json: AsJson = False, redis_url: RedisUrl = None) -> None:
-    """USER's limit, spend, reservations, remaining money, per-model spend and period end."""
-    state = _ledger_call(redis_url, lambda book: book.state(user))
+def show(
+    scope_text: ScopeArg,
+    as_json: AsJson = False,
+    as_user: AsUser = False,
+    redis_url: RedisUrl = None,
+) -> None:
+    """SCOPE's limit, spend, reservations, credits, remaining money, per-model spend,
+    membership and period end."""
+    scope = parse_scope(scope_text, as_user=as_user)
+    state = ledger_call(redis_url, lambda book: book.state(scope))
     if state is None:
-        _no_budget(user)
+        no_budget(scope)
     if as_json:
         typer.echo(json.dumps(state_json(state)))
         return
     Console().print(state_table(state))
 
 
+class KindChoice(StrEnum):
+    user = "user"
+    team = "team"
+    org = "org"
+
+
 @app.command("list")
-def list_budgets(as_json: AsJson = False, redis_url: RedisUrl = None) -> None:
-    """Every user with a budget: limit, spent and remaining in the current period."""
+def list_budgets(
+    as_json: AsJson = False,
+    kind: Annotated[KindChoice, typer.Option("--kind", help="Which scopes to list.")] = (
+        KindChoice.user
+    ),
+    redis_url: RedisUrl = None,
+) -> None:
+    """Every user (or team, or org) with a budget: limit, spent and remaining now."""
 
     async def run(book: ledger.Ledger) -> list[ledger.BudgetState]:
-        users = await book.list_users()
-        states = await asyncio.gather(*(book.state(user) for user in users))
+        names: list[str] = []
+        cursor: str | None = None
+        while True:
+            page = await book.list_scopes(kind.value, cursor)
+            names += page.items
+            cursor = page.cursor
+            if cursor is None:
+                break
+        scopes = [ledger.Scope(kind.value, name) for name in sorted(set(names))]
+        states = await asyncio.gather(*(book.state(scope) for scope in scopes))
         # A budget deleted between the two reads is simply not listed.
         return [state for state in states if state is not None]
 
-    states = _ledger_call(redis_url, run)
+    states = ledger_call(redis_url, run)
     if as_json:
-        typer.echo(json.dumps({"users": [state_json(state) for state in states]}))
+        key = {"user": "users", "team": "teams", "org": "orgs"}[kind.value]
+        typer.echo(json.dumps({key: [state_json(state) for state in states]}))
         return
     if not states:
         typer.echo("no budgets")
         return
-    table = Table("user", "limit", "spent", "remaining", "period", "period end")
+    table = Table(kind.value, "limit", "spent", "remaining", "period", "period end")
     for state in states:
         snapshot = state.snapshot
         table.add_row(
             Text(state.user_id),
-            format_usd(snapshot.limit_nanousd),
+            format_limit(state.budget.limit_nanousd),
             format_usd(snapshot.spent_nanousd),
             format_usd(snapshot.remaining_nanousd),
             period_text(state.budget),
@@ -357,20 +353,36 @@ def list_budgets(as_json: AsJson = False, redis_url: RedisUrl = None) -> None:
 
 
 @app.command("reset")
-def reset(user: UserArg, redis_url: RedisUrl = None) -> None:
-    """Zero USER's spend in the current period (calls in flight keep their reservations)."""
-    if not _ledger_call(redis_url, lambda book: book.reset(user)):
-        _no_budget(user)
-    typer.echo(f"spend of {user!r} in the current period reset to $0")
+def reset(scope_text: ScopeArg, as_user: AsUser = False, redis_url: RedisUrl = None) -> None:
+    """Zero SCOPE's spend in the current period (calls in flight keep their reservations;
+    credits already drawn stay drawn)."""
+    scope = parse_scope(scope_text, as_user=as_user)
+    if not ledger_call(redis_url, lambda book: _or_none(book.reset(scope))):
+        no_budget(scope)
+    typer.echo(f"spend of {label(scope)} in the current period reset to $0")
 
 
 @app.command("delete")
-def delete(user: UserArg, redis_url: RedisUrl = None) -> None:
-    """Remove USER's budget and rate limits.
+def delete(scope_text: ScopeArg, as_user: AsUser = False, redis_url: RedisUrl = None) -> None:
+    """Remove SCOPE's limits and rate limits.
 
-    USER's next jobs are refused no_budget (or get BW_DEFAULT_BUDGET_USD where it is
-    set); the current period's spend and reservations in flight expire on their own.
+    A user's next jobs are refused no_budget (or get BW_DEFAULT_BUDGET_USD where it is
+    set) unless its team or organisation has money; the current period's spend,
+    credits and reservations in flight stay and expire on their own.
     """
-    if not _ledger_call(redis_url, lambda book: book.delete(user)):
-        _no_budget(user)
-    typer.echo(f"budget of {user!r} deleted")
+    scope = parse_scope(scope_text, as_user=as_user)
+    if not ledger_call(redis_url, lambda book: _or_none(book.delete(scope))):
+        no_budget(scope)
+    typer.echo(f"budget of {label(scope)} deleted")
+
+
+async def _or_none(step: Awaitable[bool]) -> bool:
+    """A step on a team that was never created answers like a scope without budget."""
+    try:
+        return await step
+    except ValueError:
+        return False
+
+
+# team, member, grant, adjust, history: worker/budget_scopes.py
+app.registered_commands += members.registered_commands

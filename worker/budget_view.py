@@ -1,5 +1,5 @@
-"""How ``budget-worker budget`` shows a budget: exact USD text of nano-USD, times in
-RFC 3339 UTC, the JSON of ``--json`` and the table."""
+"""How ``budget-worker budget`` shows a scope: exact USD text of nano-USD, times in
+RFC 3339 UTC, the JSON of ``--json`` and the tables."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from rich.text import Text
 from schemas.money import nanousd_to_decimal
 from worker import ledger
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def format_usd(nanousd: int) -> str:
@@ -21,11 +21,16 @@ def format_usd(nanousd: int) -> str:
     return f"${usd:f}"
 
 
+def format_limit(nanousd: int | None) -> str:
+    """A USD limit, or ``no USD limit`` for a scope that caps rates or credits only."""
+    return "no USD limit" if nanousd is None else format_usd(nanousd)
+
+
 def rfc3339(ms: int | None) -> str | None:
     """A time in ms since the epoch as RFC 3339 UTC (``2025-01-02T00:00:00Z``)."""
     if ms is None:
         return None
-    moment = _EPOCH + timedelta(milliseconds=ms)
+    moment = EPOCH + timedelta(milliseconds=ms)
     timespec = "seconds" if ms % 1000 == 0 else "milliseconds"
     return moment.isoformat(timespec=timespec).replace("+00:00", "Z")
 
@@ -34,8 +39,9 @@ def state_json(state: ledger.BudgetState) -> dict[str, Any]:
     """``budget show --json``: money as integers of nano-USD, times in RFC 3339."""
     snapshot, budget = state.snapshot, state.budget
     return {
+        "scope": str(state.scope),
         "user_id": state.user_id,
-        "limit_nanousd": snapshot.limit_nanousd,
+        "limit_nanousd": budget.limit_nanousd,
         "spent_nanousd": snapshot.spent_nanousd,
         "reserved_nanousd": snapshot.reserved_nanousd,
         "remaining_nanousd": snapshot.remaining_nanousd,
@@ -45,6 +51,10 @@ def state_json(state: ledger.BudgetState) -> dict[str, Any]:
         "model_spend_nanousd": dict(sorted(state.model_spend_nanousd.items())),
         "rpm": budget.rpm,
         "tpm": budget.tpm,
+        "credits_nanousd": state.credits_nanousd,
+        "drawn_nanousd": state.drawn_nanousd,
+        "team": state.team,
+        "org": state.org,
     }
 
 
@@ -67,11 +77,12 @@ def rates_text(budget: ledger.Budget) -> str:
 
 def state_table(state: ledger.BudgetState) -> Table:
     snapshot, budget = state.snapshot, state.budget
-    table = Table(title=Text(f"budget of {state.user_id}"), show_header=False)
+    name = state.user_id if state.scope.kind == "user" else str(state.scope)
+    table = Table(title=Text(f"budget of {name}"), show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     rows = [
-        ("limit", format_usd(snapshot.limit_nanousd)),
+        ("limit", format_limit(budget.limit_nanousd)),
         ("spent", format_usd(snapshot.spent_nanousd)),
         ("reserved", format_usd(snapshot.reserved_nanousd)),
         ("remaining", format_usd(snapshot.remaining_nanousd)),
@@ -79,9 +90,45 @@ def state_table(state: ledger.BudgetState) -> Table:
         ("period end", rfc3339(snapshot.period_end_ms) or "never"),
         ("rpm", str(budget.rpm) if budget.rpm is not None else "-"),
         ("tpm", str(budget.tpm) if budget.tpm is not None else "-"),
+        ("credits", format_usd(state.credits_nanousd)),
+        ("drawn from credits", format_usd(state.drawn_nanousd)),
+        ("team", state.team or "-"),
+        ("org", state.org or "-"),
     ]
     for field, value in rows:
         table.add_row(field, value)
     for model, spent in sorted(state.model_spend_nanousd.items()):
         table.add_row(Text(f"spent on {model}"), format_usd(spent))
+    return table
+
+
+def history_json(scope: ledger.Scope, entries: list[ledger.Entry]) -> dict[str, Any]:
+    """``budget history --json``: every entry, and the balance (their sum)."""
+    rows = [
+        {
+            "id": e.id,
+            "kind": e.kind,
+            "amount_nanousd": e.amount_nanousd,
+            "grant": e.grant,
+            "at": rfc3339(e.at_ms),
+            "note": e.note,
+        }
+        for e in entries
+    ]
+    balance = sum(entry.amount_nanousd for entry in entries)
+    return {"scope": str(scope), "entries": rows, "balance_nanousd": balance}
+
+
+def history_table(scope: ledger.Scope, entries: list[ledger.Entry]) -> Table:
+    table = Table("at", "kind", "amount", "grant", "id", "note", title=Text(f"credits of {scope}"))
+    for e in entries:
+        sign = "-" if e.amount_nanousd < 0 else "+"
+        table.add_row(
+            rfc3339(e.at_ms) or "",
+            e.kind,
+            f"{sign}{format_usd(abs(e.amount_nanousd))}",
+            Text(e.grant),
+            Text(e.id),
+            Text(e.note),
+        )
     return table

@@ -1,10 +1,18 @@
 """Every Redis key name the ledger uses, and nothing else.
 
-A user id is never spliced raw into a key: it is replaced by ``U``, the hex of its
-128-bit BLAKE2b digest, so ids holding ``:``, ``{``, newlines or 10 KB of text all
-become 32 safe characters. Every key of one user carries the hash tag ``{u:U}``, so
-on Redis Cluster they all live in one slot and each ledger script stays in one slot.
-The users index ``{bw:users}`` has a slot of its own and is never touched by a script.
+An id (user, team, organisation, model) is never spliced raw into a key: it is
+replaced by the hex of its 128-bit BLAKE2b digest, so ids holding ``:``, ``{``,
+newlines or 10 KB of text all become 32 safe characters.
+
+Keys live in *slots*, one hash tag each, so on Redis Cluster every key one script
+touches is in one slot. A user outside any organisation has a slot of its own,
+``{u:U}``, whose prefix is also the user's scope prefix (the layout before scopes
+existed). An organisation ``O`` has the slot ``{o:O}`` holding every scope below it:
+the org (``bw:{o:O}:org:``), its teams (``bw:{o:O}:t:T:``) and users
+(``bw:{o:O}:u:U:``); a user's limit on a model is ``<user prefix>m:M:``. The
+directory ``{bw:dir}`` (which org a user or team belongs to) and the indexes
+(``{bw:users}``, ``{bw:teams}``, ``{bw:orgs}``) have slots of their own and are never
+touched by a script.
 
 Two keys are completed inside Lua, because their last part is only known there:
 the spend key of a period (``spend_prefix`` + the period id computed from Redis's
@@ -21,6 +29,9 @@ from functools import lru_cache
 
 PREFIX = "bw"
 USERS_INDEX = "{bw:users}"
+TEAMS_INDEX = "{bw:teams}"
+ORGS_INDEX = "{bw:orgs}"
+DIRECTORY = "{bw:dir}"
 
 # Job ids the contract allows ([A-Za-z0-9._:-], 1-128 chars) are used as they are,
 # readable in redis-cli; anything else is hashed. "~" is outside the allowed set, so a
@@ -89,3 +100,57 @@ def user_keys(user_id: str) -> UserKeys:
         job_prefix=base + "job:",
         outcome_prefix=base + "outcome:",
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """One hash tag and the keys every script of it starts from."""
+
+    tag: str
+    """``u:<token>`` (a user of its own) or ``o:<token>`` (an organisation)."""
+
+    @property
+    def prefix(self) -> str:
+        return f"{PREFIX}:{{{self.tag}}}:"
+
+    @property
+    def leases(self) -> str:
+        return self.prefix + "leases"
+
+    @property
+    def is_org(self) -> bool:
+        return self.tag.startswith("o:")
+
+    def job(self, job_id: str) -> str:
+        return self.prefix + "job:" + job_token(job_id)
+
+    def outcome(self, job_id: str) -> str:
+        return self.prefix + "outcome:" + job_token(job_id)
+
+    def user(self, user_id: str) -> str:
+        """The user's scope prefix in this slot."""
+        if self.is_org:
+            return f"{self.prefix}u:{encode_id(user_id)}:"
+        return self.prefix
+
+    def team(self, team_id: str) -> str:
+        return f"{self.prefix}t:{encode_id(team_id)}:"
+
+    @property
+    def org(self) -> str:
+        return self.prefix + "org:"
+
+
+def own_slot(user_id: str) -> Slot:
+    """The slot of a user outside any organisation."""
+    return Slot("u:" + encode_id(user_id))
+
+
+def org_slot(org_token: str) -> Slot:
+    """The slot of the organisation whose encoded id is ``org_token``."""
+    return Slot("o:" + org_token)
+
+
+def model_scope(user_prefix: str, model: str) -> str:
+    """The prefix of a user's limit on ``model``."""
+    return f"{user_prefix}m:{encode_id(model)}:"

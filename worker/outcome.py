@@ -24,7 +24,7 @@ from schemas.jobs import CompletionJob
 from worker import ledger
 
 
-def snapshot(state: ledger.BudgetSnapshot | None) -> BudgetSnapshot | None:
+def snapshot(state: ledger.PeriodSnapshot | None) -> BudgetSnapshot | None:
     if state is None:
         return None
     period_end = (
@@ -61,7 +61,8 @@ class Outcomes:
         *,
         retry_after_s: float | None = None,
         estimated_cost_nanousd: int | None = None,
-        budget: ledger.BudgetSnapshot | None = None,
+        budget: ledger.PeriodSnapshot | None = None,
+        refused: ledger.Refused | None = None,
     ) -> CompletionRejected:
         return CompletionRejected(
             type="completion.rejected",
@@ -75,6 +76,8 @@ class Outcomes:
             retry_after_s=retry_after_s,
             estimated_cost_nanousd=estimated_cost_nanousd,
             budget=snapshot(budget),
+            scope=refused.scope[:300] if refused is not None and refused.scope else None,
+            limit=refused.limit if refused is not None else None,
         )
 
     def reject_job(
@@ -140,7 +143,7 @@ class Outcomes:
         )
 
 
-def with_budget(event: TerminalEvent, budget: ledger.BudgetSnapshot | None) -> TerminalEvent:
+def with_budget(event: TerminalEvent, budget: ledger.PeriodSnapshot | None) -> TerminalEvent:
     """A success event with the budget its settle left (other events as they are)."""
     view = snapshot(budget)
     if view is None or not isinstance(event, CompletionSucceeded):
@@ -148,7 +151,7 @@ def with_budget(event: TerminalEvent, budget: ledger.BudgetSnapshot | None) -> T
     return event.model_copy(update={"budget": view})
 
 
-def stored(outcome: bytes, budget: ledger.BudgetSnapshot | None) -> TerminalEvent:
+def stored(outcome: bytes, budget: ledger.PeriodSnapshot | None) -> TerminalEvent:
     """An event the ledger stored, rebuilt through the schema, with the budget the
     ledger recorded at its settle (the stored one predates it)."""
     return with_budget(parse_event(outcome), budget)

@@ -131,7 +131,7 @@ class Ended:
     """The job had already ended: republish its stored outcome (None once expired)."""
 
     outcome: bytes | None
-    snapshot: ledger.BudgetSnapshot | None
+    snapshot: ledger.PeriodSnapshot | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +285,7 @@ class SpendPath:
                 tokens=wanted.tokens,
                 lease_ms=self.leases.lease_ms,
                 holder=holder,
+                model=request.entry.name,
             )
 
         started = time.perf_counter()

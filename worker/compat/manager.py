@@ -164,7 +164,7 @@ class AsyncBudgetManager:
         return await self.record(user)
 
     async def get_total_budget(self, user: str) -> float:
-        total = nanousd_to_usd((await self._state(user)).budget.limit_nanousd)
+        total = nanousd_to_usd((await self._state(user)).budget.limit_nanousd or 0)
         check(self, user)
         return total
 

@@ -132,7 +132,7 @@ def record_of(state: ledger.BudgetState) -> dict[str, Any]:
     ``create_budget`` reports it."""
     budget = state.budget
     record: dict[str, Any] = {
-        "total_budget": nanousd_to_usd(budget.limit_nanousd),
+        "total_budget": nanousd_to_usd(budget.limit_nanousd or 0),
         "current_cost": spent_usd(state.snapshot.spent_nanousd),
         "model_cost": {m: nanousd_to_usd(n) for m, n in state.model_spend_nanousd.items()},
     }

@@ -10,6 +10,11 @@ until they are refused. It runs twice on the same workload against the same mode
 2. through BudgetManager's check-then-spend loop (:class:`CheckThenSpend`): check
    ``get_current_cost <= get_total_budget``, call the model, then ``update_cost``.
 
+Then a team: ``team_members`` more users, each with the same budget of their own, in a
+team whose daily budget is half of what they hold together. Their jobs go through
+budget-worker too: the team's budget holds (its jobs are refused naming ``team:...``)
+while each member still has room of their own.
+
 The model is the project's OpenAI-compatible fake, reached over HTTP, unless a real
 provider is chosen (``OPENAI_API_KEY`` set): then both halves make real, paid calls.
 

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from schemas.money import nanousd_to_decimal
-from worker.dev.demo.results import DemoProgress, DemoResult
+from worker.dev.demo.results import DemoProgress, DemoResult, TeamResult
 
 
 def usd(nanousd: int) -> str:
@@ -99,6 +99,8 @@ def render_result(result: DemoResult, width: int = 150) -> RenderableType:
                 style="bold red",
             )
         )
+    if result.team is not None:
+        parts += _team_parts(result.team, budget)
     agreement = "" if mismatches else " equals the ledger's for every user"
     parts.append(
         Text(
@@ -113,6 +115,26 @@ def render_result(result: DemoResult, width: int = 150) -> RenderableType:
 
 
 _SIDE_BY_SIDE_WIDTH = 124
+
+
+def _team_parts(team: TeamResult, budget: int) -> list[RenderableType]:
+    members = _side_table(
+        f"budget-worker: team {team.team}, budget {usd(team.budget_nanousd)} a day",
+        [(r.label, r.succeeded, r.refused, r.spent_nanousd) for r in team.members],
+        budget,
+    )
+    by_team = sum(row.refused_by[f"team:{team.team}"] for row in team.members)
+    line = Text()
+    line.append(
+        f"The team spent {usd(team.spent_nanousd)} of its {usd(team.budget_nanousd)}",
+        style="bold green" if team.spent_nanousd <= team.budget_nanousd else "bold red",
+    )
+    room = "while each member had room of their own" if team.held else "(see the table)"
+    line.append(
+        f"; {by_team} jobs were refused by team:{team.team} {room}: the team's budget is "
+        "checked in the same Lua step as each member's."
+    )
+    return [members, line]
 
 
 def _side_table(title: str, rows: list[tuple[str, int, int, int]], budget: int) -> Table:

@@ -33,11 +33,15 @@ class DemoOptions:
     input_usd_per_token: Decimal | None = None
     output_usd_per_token: Decimal | None = None
     event_timeout_s: float = 60.0
+    team_members: int = 3
+    """Members of the team scenario (0: none); the team's budget is half of theirs."""
 
     def __post_init__(self) -> None:
         for name in ("users", "concurrency", "calls_per_user", "workers", "max_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.team_members < 0:
+            raise ValueError("team_members must be >= 0")
         if self.output_tokens < 0 or self.latency_ms < 0 or self.jitter_ms < 0:
             raise ValueError("output_tokens, latency_ms and jitter_ms must be >= 0")
         if (self.input_usd_per_token is None) != (self.output_usd_per_token is None):
@@ -72,6 +76,31 @@ class UserRow:
     spent_nanousd: int = 0
     ledger_spent_nanousd: int = 0
     ledger_reserved_nanousd: int = 0
+    refused_by: Counter[str] = field(default_factory=Counter)
+    """Refusals by the scope that refused (``user:...``, ``team:...``)."""
+
+
+@dataclass(slots=True)
+class TeamResult:
+    """The team scenario: its members through budget-worker, and the team's own spend
+    and reservations in the ledger after the run."""
+
+    team: str
+    budget_nanousd: int
+    members: list[UserRow]
+    member_budget_nanousd: int
+    spent_nanousd: int = 0
+    reserved_nanousd: int = 0
+
+    @property
+    def held(self) -> bool:
+        """The team's budget held: within its cap, jobs refused by it, and every member
+        below their own budget when it did."""
+        return (
+            self.spent_nanousd <= self.budget_nanousd
+            and sum(row.refused_by[f"team:{self.team}"] for row in self.members) > 0
+            and all(row.spent_nanousd < self.member_budget_nanousd for row in self.members)
+        )
 
 
 @dataclass(slots=True)
@@ -99,6 +128,7 @@ class DemoResult:
     compare_s: float
     events: int
     duplicates: int
+    team: TeamResult | None = None
 
     @property
     def budget_nanousd(self) -> int:

@@ -19,19 +19,20 @@ from rich.live import Live
 from schemas.events import CompletionRejected, CompletionSucceeded, TerminalEvent
 from worker.client import JobClient, ResultWaiter, build_job
 from worker.dev.demo.baseline import CheckThenSpend, litellm_float_cost
-from worker.dev.demo.render import render_progress
+from worker.dev.demo.render import render_progress, usd
 from worker.dev.demo.results import (
     CheckThenSpendRow,
     DemoOptions,
     DemoProgress,
     DemoResult,
     DemoServers,
+    TeamResult,
     UserRow,
 )
 from worker.dev.demo.system import System, start_system
 from worker.dev.servers import scratch_dir
 from worker.errors import ProviderError
-from worker.ledger import Budget, Ledger
+from worker.ledger import Budget, Ledger, Scope
 from worker.settings import Settings
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -110,6 +111,10 @@ async def run_demo(
             progress.step(
                 f"check-then-spend: {progress.compare_checks} checks in {compare_s:.1f} s"
             )
+            team = None
+            if options.team_members:
+                progress.phase = "a team budget (budget-worker)"
+                team = await _team(options, system, ledger, run_id, progress)
             progress.phase = "stopping the workers and servers"
     except Exception:
         failed = True
@@ -133,7 +138,41 @@ async def run_demo(
         compare_s=compare_s,
         events=events,
         duplicates=duplicates,
+        team=team,
     )
+
+
+async def _team(
+    options: DemoOptions, system: System, ledger: Ledger, run_id: str, progress: DemoProgress
+) -> TeamResult:
+    """Members with a budget each, in a team whose budget is half of theirs together,
+    through budget-worker; the team's spend from the ledger afterwards."""
+    team_id, org_id = f"demo-team-{run_id}", f"demo-org-{run_id}"
+    cap = options.budget_nanousd * options.team_members // 2
+    await ledger.create_team(team_id, org_id)
+    await ledger.set_budget(Scope("team", team_id), Budget(limit_nanousd=cap, period="daily"))
+    members = [
+        UserRow(f"member-{i + 1:02d}-{run_id}", f"member-{i + 1:02d}")
+        for i in range(options.team_members)
+    ]
+    own = Budget(limit_nanousd=options.budget_nanousd, period="daily")
+    for row in members:
+        await ledger.set_budget(row.user_id, own)
+        await ledger.set_membership(row.user_id, team=team_id)
+    progress.planned += options.team_members * options.calls_per_user
+    progress.step(
+        f"team {team_id}: {options.team_members} members, ${options.budget_usd} each, "
+        f"team budget {usd(cap)}"
+    )
+    await _through_budget_worker(options, system, members, f"{run_id}-team", progress)
+    await _read_ledger(ledger, members)
+    state = await ledger.state(Scope("team", team_id))
+    result = TeamResult(team_id, cap, members, options.budget_nanousd)
+    if state is not None:
+        result.spent_nanousd = state.snapshot.spent_nanousd
+        result.reserved_nanousd = state.snapshot.reserved_nanousd
+    progress.step(f"team: spent {usd(result.spent_nanousd)} of {usd(cap)}")
+    return result
 
 
 async def _read_ledger(ledger: Ledger, rows: list[UserRow]) -> None:
@@ -197,6 +236,7 @@ def _tally(row: UserRow, event: TerminalEvent, outcomes: Counter[str]) -> bool:
         return True
     if isinstance(event, CompletionRejected):
         row.refused += 1
+        row.refused_by[event.scope or event.reason] += 1
         outcomes[f"rejected: {event.reason}"] += 1
         return False
     row.failed += 1

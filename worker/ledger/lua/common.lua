@@ -1,0 +1,449 @@
+-- common.lua: the prelude every ledger script of one slot starts with.
+--
+-- The ledger module prepends this file to each script body before registering it, so
+-- the scripts share one copy of the period, scope, lease, credit and rate-limit logic.
+--
+-- A *slot* is one hash tag: a user's own ({u:U}) or an organisation's ({o:O}), holding
+-- every scope below it (docs/ledger.md, "Scopes and keys"). A *scope* is a key prefix P
+-- inside the slot; its keys are P..'budget' (hash: limits, membership, label),
+-- P..'spend:'..period (hash: spent, reserved, drawn, model:<name>), P..'rpm' and
+-- P..'tpm' (GCRA buckets), P..'live' (string: reservations held now), P..'grants'
+-- (hash: grant id -> its state) and P..'entries' (list: the credit history).
+--
+-- KEYS (every script of one slot):
+--   KEYS[1]  the slot's leases zset   bw:{tag}:leases   (job token -> lease deadline, ms)
+--   job scripts also: KEYS[2] job hash, KEYS[3] outcome string
+-- ARGV (every script):
+--   ARGV[1]  slot prefix  bw:{tag}:   (job hashes: prefix..'job:'..token)
+--   ARGV[2]  keep_ms      how long a final job record and a past period's spend hash
+--                         are kept: max(charge_ttl, outcome_ttl), so a job record always
+--                         outlives its stored outcome; optionally followed by ':<now_ms>',
+--                         a fixed clock instead of Redis's TIME (tests only: the worker
+--                         never sends one, so no worker's clock matters)
+--
+-- Integers only. Amounts stay decimal strings wherever Redis stores them and are
+-- applied with HINCRBY; a number computed in Lua is turned into a string with istr()
+-- before it reaches Redis (never Redis's own number formatting, which Redis 7.2 broke
+-- for multiples of 100,000,000). Lua numbers are doubles: exact below 2^53, which
+-- bounds every amount the Python side accepts. Needs Redis >= 7.0 (SET NX GET).
+
+if redis.replicate_commands then
+  redis.replicate_commands() -- Redis < 7: TIME before writes needs effects replication
+end
+
+local SLOT = ARGV[1]
+local KEEP_MS = tonumber(string.match(ARGV[2], '^%d+'))
+local FIXED_NOW = tonumber(string.match(ARGV[2], ':(%d+)$'))
+local RECLAIM_BATCH = 100        -- leases reclaimed per call at most: bounded work
+local RATE_WINDOW_MS = 60000     -- RPM and TPM are per minute
+local DAY_MS = 86400000
+local MAX_GRANTS = 100           -- active grants per scope: bounded work per step
+
+local function istr(n)
+  return string.format('%d', n)
+end
+
+local function now_ms()
+  if FIXED_NOW then
+    return FIXED_NOW
+  end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function split(text)
+  local out = {}
+  for part in string.gmatch(text or '', '[^ ]+') do
+    out[#out + 1] = part
+  end
+  return out
+end
+
+-- Civil dates from day numbers (days since 1970-01-01), proleptic Gregorian, after
+-- Howard Hinnant's days_from_civil / civil_from_days.
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = (m > 2) and (m - 3) or (m + 9)
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+local function civil_from_days(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = (mp < 10) and (mp + 3) or (mp - 9)
+  if m <= 2 then y = y + 1 end
+  return y, m, d
+end
+
+-- The period containing instant `now` (ms): its id (part of the spend key) and its
+-- end (ms, exclusive; -1 for "none"). Calendar periods are UTC; weekly is the ISO
+-- week (Monday 00:00) named by its ISO year; rolling windows count from start_ms.
+local function period_of(kind, now, start_ms, window_s)
+  if kind == 'none' or not kind or kind == '' then
+    return 'all', -1
+  end
+  if kind == 'rolling' then
+    local w = window_s * 1000
+    local k = math.floor((now - start_ms) / w)
+    local s = start_ms + k * w
+    return 'r' .. istr(s) .. '+' .. istr(window_s), s + w
+  end
+  local z = math.floor(now / DAY_MS)
+  local y, m, d = civil_from_days(z)
+  if kind == 'daily' then
+    return string.format('%04d-%02d-%02d', y, m, d), (z + 1) * DAY_MS
+  elseif kind == 'weekly' then
+    local monday = z - (z + 3) % 7 -- 1970-01-01 was a Thursday
+    local iso_year = civil_from_days(monday + 3) -- the week's Thursday names its year
+    local week = math.floor((monday + 3 - days_from_civil(iso_year, 1, 1)) / 7) + 1
+    return string.format('%04d-W%02d', iso_year, week), (monday + 7) * DAY_MS
+  elseif kind == 'monthly' then
+    local ny, nm = y, m + 1
+    if nm == 13 then ny, nm = y + 1, 1 end
+    return string.format('%04d-%02d', y, m), days_from_civil(ny, nm, 1) * DAY_MS
+  elseif kind == 'yearly' then
+    return string.format('%04d', y), days_from_civil(y + 1, 1, 1) * DAY_MS
+  end
+  error('unknown budget period ' .. tostring(kind))
+end
+
+-- A scope's budget, or nil when it has no record. Its USD limit, RPM and TPM are nil
+-- when not set (a team may have only a rate limit, an org only credits).
+local function read_budget(p)
+  local b = redis.call('HMGET', p .. 'budget', 'limit_nanousd', 'period', 'window_s',
+    'start_ms', 'rpm', 'tpm', 'indexed', 'label', 'team', 'moved_to', 'moving_until', 'user_id',
+    'moved_from', 'moved_at')
+  if not (b[1] or b[2] or b[5] or b[6] or b[8] or b[9] or b[10] or b[12]) then
+    return nil
+  end
+  return {
+    p = p,
+    limit_s = b[1], limit = tonumber(b[1]), period = b[2],
+    window_s = tonumber(b[3]), start_ms = tonumber(b[4]),
+    rpm = tonumber(b[5]), tpm = tonumber(b[6]),
+    needs_index = (b[7] == '0') and 1 or 0,
+    label = b[8] or (b[12] and ('user:' .. b[12])) or '', team = b[9], moved_to = b[10],
+    moving_until = tonumber(b[11]), moved_from = b[13], moved_at = tonumber(b[14]),
+  }
+end
+
+-- Whether a user's scope may spend at all: it has a USD limit or credits.
+local function has_money(b)
+  return b ~= nil and (b.limit ~= nil or redis.call('HLEN', b.p .. 'grants') > 0)
+end
+
+local function budget_period(budget, now)
+  return period_of(budget.period, now, budget.start_ms, budget.window_s)
+end
+
+-- spent, reserved and drawn (charged to credits) of a spend hash, as decimal strings.
+local function read_spend(spend_key)
+  local s = redis.call('HMGET', spend_key, 'spent', 'reserved', 'drawn')
+  return s[1] or '0', s[2] or '0', s[3] or '0'
+end
+
+-- The scopes a job of the user at prefix `user_p` answers to, in order: the user, its
+-- limit on `model` (when it has one), its team, its organisation (when the slot is an
+-- organisation's). Membership lives in the user's budget record, so no job field can
+-- change it.
+local function path_of(user_p, model_token, org_slot, user_budget)
+  local path = {user_p}
+  if model_token and model_token ~= '' then
+    local mp = user_p .. 'm:' .. model_token .. ':'
+    if redis.call('EXISTS', mp .. 'budget') == 1 then
+      path[#path + 1] = mp
+    end
+  end
+  if user_budget and user_budget.team and user_budget.team ~= '' then
+    path[#path + 1] = SLOT .. 't:' .. user_budget.team .. ':'
+  end
+  if org_slot == '1' then
+    path[#path + 1] = SLOT .. 'org:'
+  end
+  return path
+end
+
+-- Give back `cost_s` reserved in scope p's period `period_id`. A spend hash that has
+-- already expired is not recreated (it would hold a negative reservation).
+local function unreserve(p, period_id, cost_s)
+  if period_id and period_id ~= '' and period_id ~= '-' and cost_s and cost_s ~= '0' then
+    local spend_key = p .. 'spend:' .. period_id
+    if redis.call('EXISTS', spend_key) == 1 then
+      redis.call('HINCRBY', spend_key, 'reserved', '-' .. cost_s)
+    end
+  end
+end
+
+local function live_adjust(p, delta)
+  local n = redis.call('INCRBY', p .. 'live', delta)
+  if n <= 0 then
+    redis.call('DEL', p .. 'live')
+  end
+end
+
+-- A job record's scopes and their periods (a record written before scopes existed holds
+-- only its user's period: the slot itself is that user's prefix).
+local function job_path(job_path_s, job_periods_s, job_period)
+  if job_path_s and job_path_s ~= '' then
+    return split(job_path_s), split(job_periods_s)
+  end
+  return {SLOT}, {job_period}
+end
+
+-- Rate limits: GCRA in its continuous-state leaky-bucket form. The bucket key holds
+-- "<level> <at_ms>": `level` token-milliseconds (tokens * 60,000) as of `at_ms`,
+-- draining `rate` per ms, so a limit of `rate` per minute is exact in integers.
+-- Capacity is rate * 60,000: a burst of at most `rate`, then `rate` per minute spread
+-- evenly (never a second full burst at a minute boundary, as fixed windows allow).
+local function bucket_level(key, rate, now)
+  local stored = redis.call('GET', key)
+  if not stored then
+    return 0
+  end
+  local level_s, at_s = string.match(stored, '^(%d+) (%d+)$')
+  local elapsed = now - tonumber(at_s)
+  if elapsed < 0 then elapsed = 0 end -- a clock that stepped back drains nothing
+  local level = tonumber(level_s) - elapsed * rate
+  if level < 0 then level = 0 end
+  return level
+end
+
+local function bucket_store(key, rate, now, level)
+  if level <= 0 then
+    redis.call('DEL', key) -- an empty bucket and a missing key mean the same
+    return
+  end
+  -- Expires when drained (+1 s), so idle buckets vanish by themselves.
+  redis.call('SET', key, istr(level) .. ' ' .. istr(now), 'PX', istr(math.ceil(level / rate) + 1000))
+end
+
+-- Would `n` more units fit now? If not: what remains now and the ms until they fit
+-- (-1 when n exceeds the limit itself and can never fit).
+local function bucket_check(level, rate, n)
+  local cap = rate * RATE_WINDOW_MS
+  local need = n * RATE_WINDOW_MS
+  if level + need <= cap then
+    return true, 0, 0
+  end
+  local remaining = math.floor((cap - level) / RATE_WINDOW_MS)
+  if remaining < 0 then remaining = 0 end
+  local retry = -1
+  if n <= rate then
+    retry = math.ceil((level + need - cap) / rate)
+  end
+  return false, remaining, retry
+end
+
+-- Add (or, negative, give back) `delta` units to a bucket, never below empty.
+local function bucket_adjust(key, rate, now, delta)
+  if not rate or delta == 0 then
+    return
+  end
+  local level = bucket_level(key, rate, now) + delta * RATE_WINDOW_MS
+  if level < 0 then level = 0 end
+  bucket_store(key, rate, now, level)
+end
+
+-- ---- credits: grants and their immutable entries ----------------------------------
+-- A grant is stored as "<remaining> <amount> <priority> <effective_ms> <expires_ms>"
+-- (expires_ms -1: never). Every change to credits appends one entry to P..'entries'
+-- (JSON: id, kind grant|draw|expiry|adjust, amount (signed, decimal string), grant, at
+-- ms, note): the credit balance is always the sum of the entries' amounts.
+
+local function entry(p, id, kind, amount, grant, at, note)
+  redis.call('RPUSH', p .. 'entries', cjson.encode({
+    id = id, kind = kind, amount = amount, grant = grant or '', at = istr(at), note = note or '',
+  }))
+end
+
+local function parse_grant(value)
+  local r, a, pr, ef, ex = string.match(value, '^(%-?%d+) (%d+) (%-?%d+) (%d+) (%-?%d+)$')
+  return {remaining = tonumber(r), amount = tonumber(a), priority = tonumber(pr),
+    effective = tonumber(ef), expires = tonumber(ex)}
+end
+
+local function store_grant(p, id, g)
+  redis.call('HSET', p .. 'grants', id, istr(g.remaining) .. ' ' .. istr(g.amount) .. ' ' ..
+    istr(g.priority) .. ' ' .. istr(g.effective) .. ' ' .. istr(g.expires))
+end
+
+-- The scope's grants usable now, in drawing order (priority, then earliest expiry,
+-- then id), after writing an expiry entry for every grant whose time has passed with
+-- money left: an expired grant's rest is gone.
+local function live_grants(p, now)
+  local raw = redis.call('HGETALL', p .. 'grants')
+  local usable = {}
+  for i = 1, #raw, 2 do
+    local id, g = raw[i], parse_grant(raw[i + 1])
+    g.id = id
+    if g.expires >= 0 and g.expires <= now and g.remaining > 0 then
+      entry(p, 'expiry:' .. id, 'expiry', '-' .. istr(g.remaining), id, now, '')
+      g.remaining = 0
+      store_grant(p, id, g)
+    elseif g.remaining > 0 and g.effective <= now then
+      usable[#usable + 1] = g
+    end
+  end
+  table.sort(usable, function(a, b)
+    if a.priority ~= b.priority then return a.priority < b.priority end
+    local ae = a.expires < 0 and math.huge or a.expires
+    local be = b.expires < 0 and math.huge or b.expires
+    if ae ~= be then return ae < be end
+    return a.id < b.id
+  end)
+  return usable
+end
+
+local function credits_of(grants)
+  local total = 0
+  for i = 1, #grants do
+    total = total + grants[i].remaining
+  end
+  return total
+end
+
+-- Draw `amount` from the grants in order, one entry per grant drawn; what was drawn.
+local function draw(p, grants, amount, entry_id, now)
+  local drawn = 0
+  for i = 1, #grants do
+    if drawn >= amount then break end
+    local g = grants[i]
+    local take = math.min(g.remaining, amount - drawn)
+    if take > 0 then
+      g.remaining = g.remaining - take
+      store_grant(p, g.id, g)
+      entry(p, entry_id .. ':' .. g.id, 'draw', '-' .. istr(take), g.id, now, '')
+      drawn = drawn + take
+    end
+  end
+  return drawn
+end
+
+-- ---- money per scope ---------------------------------------------------------------
+
+-- How much more scope `b` may take in its period now: its period allowance not yet
+-- used (limit - (spent - drawn)) plus its usable credits, minus what is reserved; nil
+-- when the scope caps no money (no USD limit and no credits).
+local function usd_room(b, spent, reserved, drawn, credits)
+  if not b.limit and credits == 0 then
+    if redis.call('HLEN', b.p .. 'grants') == 0 then
+      return nil
+    end
+  end
+  return (b.limit or 0) - (spent - drawn) + credits - reserved
+end
+
+-- What a snapshot of scope `b` reports as remaining: the room left (never below 0), or
+-- 0 for a scope that caps no money.
+local function remaining_of(b, spent_s, reserved_s, p, period_id, now)
+  if not b then
+    return '0'
+  end
+  local _, _, drawn_s = read_spend(p .. 'spend:' .. period_id)
+  local credits = credits_of(live_grants(p, now))
+  local room = usd_room(b, tonumber(spent_s), tonumber(reserved_s), tonumber(drawn_s), credits)
+  if not room or room < 0 then
+    return '0'
+  end
+  return istr(room)
+end
+
+-- Charge `cost_s` to scope p (budget record b, or nil) in `period_id`: spent (and
+-- per-model spend) grows, and what the period allowance does not cover is drawn from
+-- credits, in their order. Answers the new spent, and the scope's remaining after it
+-- (as remaining_of would, given `reserved_s` still held), without reading again.
+local function charge(p, b, period_id, period_end, cost_s, reserved_s, model, entry_id, now)
+  local spend_key = p .. 'spend:' .. period_id
+  local spent_s, _, drawn_s = read_spend(spend_key)
+  local spent = redis.call('HINCRBY', spend_key, 'spent', cost_s)
+  if model and model ~= '' then
+    redis.call('HINCRBY', spend_key, 'model:' .. model, cost_s)
+  end
+  if b and period_end >= 0 then
+    -- The hash may be new (a late settle), or older than a lease extended for days.
+    redis.call('PEXPIREAT', spend_key, istr(period_end + KEEP_MS))
+  end
+  if not b then
+    return spent, '0'
+  end
+  local grants = live_grants(p, now)
+  local drawn = tonumber(drawn_s)
+  if #grants > 0 then
+    local cost = tonumber(cost_s)
+    local allowance = (b.limit or 0) - (tonumber(spent_s) - drawn)
+    if allowance < 0 then allowance = 0 end
+    local from_credits = cost - math.min(cost, allowance)
+    if from_credits > 0 then
+      local taken = draw(p, grants, from_credits, entry_id, now)
+      if taken > 0 then
+        drawn = redis.call('HINCRBY', spend_key, 'drawn', istr(taken))
+      end
+    end
+  end
+  local credits = credits_of(grants)
+  local room = usd_room(b, spent, tonumber(reserved_s), drawn, credits)
+  if not room or room < 0 then
+    return spent, '0'
+  end
+  return spent, istr(room)
+end
+
+-- Reclaim expired leases: every reservation whose deadline has passed gives its money
+-- back to each scope it was made against and becomes 'lapsed' (not final: the job may
+-- reserve again, and a late settle still charges it once). Its tokens stay taken: the
+-- call may have run. At most RECLAIM_BATCH per call, so no call does unbounded work.
+local function reclaim(now)
+  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', istr(now), 'LIMIT', '0', istr(RECLAIM_BATCH))
+  if #due == 0 then
+    return
+  end
+  for i = 1, #due do
+    local job_key = SLOT .. 'job:' .. due[i]
+    local job = redis.call('HMGET', job_key, 'state', 'period', 'cost', 'path', 'periods')
+    if job[1] == 'reserved' then
+      local path, periods = job_path(job[4], job[5], job[2])
+      for j = 1, #path do
+        unreserve(path[j], periods[j], job[3])
+      end
+      live_adjust(path[1], -1)
+      redis.call('HSET', job_key, 'state', 'lapsed')
+      redis.call('PEXPIRE', job_key, istr(KEEP_MS))
+    end
+  end
+  redis.call('ZREM', KEYS[1], unpack(due))
+end
+
+-- Drop a live reservation (release): its money goes back to every scope, its lease is
+-- forgotten and its token estimate is given back to the TPM buckets (no tokens were
+-- charged for it).
+local function drop_reservation(now, token, job)
+  local path, periods = job_path(job.path, job.periods, job.period)
+  local tokens = tonumber(job.held) or 0
+  for j = 1, #path do
+    unreserve(path[j], periods[j], job.cost)
+    if tokens > 0 then
+      local tpm = tonumber(redis.call('HGET', path[j] .. 'budget', 'tpm'))
+      bucket_adjust(path[j] .. 'tpm', tpm, now, -tokens)
+    end
+  end
+  live_adjust(path[1], -1)
+  redis.call('ZREM', KEYS[1], token)
+end
+
+-- Store a job's terminal outcome unless one is stored already; answer the stored one.
+local function keep_first_outcome(outcome_key, outcome, ttl_ms)
+  return redis.call('SET', outcome_key, outcome, 'NX', 'GET', 'PX', ttl_ms) or outcome
+end
+
+-- ---- end of common.lua; the script body follows ----
