@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from schemas.events import BudgetSnapshot as EventBudget
 from schemas.events import CompletionSucceeded, Usage, encode_event
 from schemas.jobs import CompletionJob, InvalidJob, UndecodableJob, parse_job
-from tests.support import Topics, read_all, worker_env, workers, write_models_file
+from tests.support import Topics, in_process_workers, read_all, worker_env, write_models_file
 from worker.cli import app
 from worker.client import JobClient, ResultWaiter, SubmitFailed, SyncJobClient, build_job
 from worker.dev.servers import EmbeddedKafka, free_port
@@ -344,7 +344,7 @@ async def test_a_real_worker_answers_a_submitted_job(
         await ledger.set_budget("judy", Budget(limit_nanousd=50_000))
         settings = client_settings(kafka, topics)
         async with (
-            workers(env, tmp_path),
+            in_process_workers(env),
             ResultWaiter(settings) as waiter,
             JobClient(settings) as client,
         ):

@@ -56,6 +56,7 @@ async def consuming(
         results_topic=topics.results,
         dlq_topic=topics.dlq,
         group_id=f"g-{topics.jobs}",
+        kafka_session_timeout_ms=3_000,
         **settings,
     )
     await rig.ledger.set_budget("alice", Budget(10**12, "none"))

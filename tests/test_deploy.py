@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.support import Topics, worker_env, workers, write_models_file
+from tests.support import Topics, in_process_workers, worker_env, write_models_file
 from worker.dev.servers import EmbeddedKafka
 from worker.settings import Settings
 
@@ -713,11 +713,12 @@ async def test_dashboard_and_alert_metrics_are_registered_by_the_worker() -> Non
 async def test_dashboard_and_alert_metrics_are_served_by_a_running_worker(
     kafka: EmbeddedKafka, redis_url: str, fake_provider: Any, tmp_path: Path
 ) -> None:
-    """A real ``budget-worker run`` against the test broker and Redis, scraped over HTTP."""
+    """A running worker (in-process: the same ``serve()`` as ``budget-worker run``)
+    against the test broker and Redis, scraped over HTTP."""
     topics = Topics.fresh(kafka)
     models = write_models_file(tmp_path, fake_provider.url)
     env = worker_env(kafka, redis_url, models, topics)
-    async with workers(env, tmp_path) as (worker,), aiohttp.ClientSession() as session:
+    async with in_process_workers(env) as (worker,), aiohttp.ClientSession() as session:
         base = f"http://127.0.0.1:{worker.metrics_port}"
         async with session.get(f"{base}/healthz") as response:
             assert response.status == 200
