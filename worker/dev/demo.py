@@ -24,11 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -39,7 +36,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import aiohttp
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
@@ -48,6 +44,7 @@ from rich.text import Text
 from schemas.events import CompletionRejected, CompletionSucceeded, TerminalEvent
 from schemas.money import NANOUSD_PER_USD, usd_to_nanousd
 from worker.client import JobClient, ResultWaiter, build_job
+from worker.dev.rig import ModelSpec, Topics, WorkerProcess, models_yaml, stop_all, worker_env
 from worker.dev.servers import EmbeddedKafka, EmbeddedRedis, free_port, scratch_dir
 from worker.errors import ProviderError
 from worker.ledger import Budget, Ledger
@@ -258,131 +255,46 @@ def litellm_float_cost(
     return prompt_cost + completion_cost
 
 
-# --- child processes --------------------------------------------------------------------
-
-
-class _Children:
-    """Worker processes, each the leader of its own process group."""
-
-    def __init__(self) -> None:
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(self, env: Mapping[str, str], log_path: Path, cwd: Path) -> subprocess.Popen[bytes]:
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "run"],
-                env=dict(env),
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.processes.append(process)
-        return process
-
-    def stop(self, grace_s: float) -> None:
-        """SIGTERM every group (workers drain and exit 0), SIGKILL what is left after
-        ``grace_s``; always reaps. Safe to call twice."""
-        for process in self.processes:
-            _signal_group(process, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        try:
-            for process in self.processes:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        finally:
-            for process in self.processes:
-                _signal_group(process, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=5)
-
-
-def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    # The group outlives its leader when the leader left children behind, so the group
-    # is signalled even after the leader exited (until it has been reaped).
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, sig)
-
-
-async def _wait_ready(process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
-    deadline = time.monotonic() + _WORKER_READY_TIMEOUT_S
-    url = f"http://127.0.0.1:{port}/readyz"
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"a worker exited early:\n{_tail(log_path)}")
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                async with session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as reply:
-                    if reply.status == 200:
-                        return
-            await asyncio.sleep(0.2)
-    raise TimeoutError(
-        f"a worker was not ready in {_WORKER_READY_TIMEOUT_S:.0f} s:\n{_tail(log_path)}"
-    )
-
-
-def _tail(path: Path, chars: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return "(no log)"
-
-
 # --- the run ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Topics:
-    jobs: str
-    results: str
-    dlq: str
-
-
 def _models_yaml(options: DemoOptions, api_base: str | None) -> str:
-    lines = ["model_list:", f"  - model_name: {options.model}", "    litellm_params:"]
-    lines.append(f"      model: openai/{options.model}")
-    if api_base is None:
-        lines.append("      api_key: os.environ/OPENAI_API_KEY")
-    else:
-        lines += [f"      api_base: {api_base}", "      api_key: sk-fake-demo"]
-    if options.input_usd_per_token is not None and options.output_usd_per_token is not None:
-        lines += [
-            "    model_info:",
-            f"      input_cost_per_token: {options.input_usd_per_token}",
-            f"      output_cost_per_token: {options.output_usd_per_token}",
-        ]
-    return "\n".join(lines) + "\n"
+    spec = ModelSpec(
+        options.model,
+        f"openai/{options.model}",
+        options.input_usd_per_token,
+        options.output_usd_per_token,
+    )
+    return models_yaml(api_base, [spec], api_key="sk-fake-demo")
 
 
 def _worker_env(
     environ: Mapping[str, str],
     options: DemoOptions,
-    kafka_bootstrap: str,
+    kafka: EmbeddedKafka,
     redis_url: str,
     models_file: Path,
-    topics: _Topics,
+    topics: Topics,
     group_id: str,
 ) -> dict[str, str]:
     # The caller's own BW_ settings (an admission policy, TLS for another broker...)
     # would change the scenario: the workers get exactly the demo's.
     env = {key: value for key, value in environ.items() if not key.startswith("BW_")}
     env.update(
-        LITELLM_LOCAL_MODEL_COST_MAP="True",
-        BW_KAFKA_BOOTSTRAP=kafka_bootstrap,
-        BW_REDIS_URL=redis_url,
-        BW_MODELS_FILE=str(models_file),
-        BW_JOBS_TOPIC=topics.jobs,
-        BW_RESULTS_TOPIC=topics.results,
-        BW_DLQ_TOPIC=topics.dlq,
-        BW_GROUP_ID=group_id,
-        BW_METRICS_HOST="127.0.0.1",
-        BW_MAX_IN_FLIGHT=str(max(64, options.users * options.concurrency)),
-        BW_MODEL_TIMEOUT_S="30",
-        BW_LEASE_MS="60000",
-        BW_DRAIN_TIMEOUT_S="2",
-        BW_SHUTDOWN_GRACE_S="3",
-        BW_LOG_LEVEL="WARNING",
+        worker_env(
+            kafka,
+            redis_url,
+            models_file,
+            topics,
+            group_id=group_id,
+            metrics_host="127.0.0.1",
+            max_in_flight=max(64, options.users * options.concurrency),
+            model_timeout_s=30,
+            lease_ms=60_000,
+            drain_timeout_s=2,
+            shutdown_grace_s=3,
+            log_level="WARNING",
+        )
     )
     return env
 
@@ -417,7 +329,7 @@ class _System:
 
     kafka_bootstrap: str
     redis_url: str
-    topics: _Topics
+    topics: Topics
     entry: ModelEntry
     provider: Provider
 
@@ -530,13 +442,11 @@ async def _start_system(
         redis.start()
         redis_url = redis.url
         progress.step(f"Redis-compatible server on {redis_url}")
-        topics = _Topics("llm.jobs", "llm.results", "llm.jobs.dlq")
+        topics = Topics("llm.jobs", "llm.results", "llm.jobs.dlq")
     else:
         kafka, redis_url = servers.kafka, servers.redis_url
-        topics = _Topics(f"demo.jobs.{run_id}", f"llm.results.demo-{run_id}", f"demo.dlq.{run_id}")
-    kafka.create_topic(topics.jobs, partitions=max(6, 2 * options.workers))
-    kafka.create_topic(topics.results, partitions=3)
-    kafka.create_topic(topics.dlq, partitions=1)
+        topics = Topics(f"demo.jobs.{run_id}", f"llm.results.demo-{run_id}", f"demo.dlq.{run_id}")
+    topics.create(kafka, partitions=max(6, 2 * options.workers), results_partitions=3)
     progress.step(f"topics {topics.jobs}, {topics.results}, {topics.dlq}")
 
     api_base = None
@@ -553,24 +463,28 @@ async def _start_system(
 
     workers = f"{options.workers} worker process" + ("es" if options.workers > 1 else "")
     progress.phase = f"starting {workers}"
-    children = _Children()
-    stack.callback(children.stop, _WORKER_STOP_GRACE_S)
-    env = _worker_env(
-        environ, options, kafka.bootstrap, redis_url, models_file, topics, f"demo-{run_id}"
-    )
-    started = []
-    for index in range(options.workers):
-        port = free_port()
-        log_path = workdir / f"worker-{index + 1}.log"
-        worker_env = {**env, "BW_METRICS_PORT": str(port), "BW_WORKER_ID": f"demo-w{index + 1}"}
-        started.append((children.start(worker_env, log_path, workdir), port, log_path))
+    env = _worker_env(environ, options, kafka, redis_url, models_file, topics, f"demo-{run_id}")
+    procs = [
+        WorkerProcess(
+            {**env, "BW_METRICS_PORT": str(free_port())},
+            workdir / f"worker-{index + 1}.log",
+            f"demo-w{index + 1}",
+            inherit=False,
+            cwd=workdir,
+        )
+        for index in range(options.workers)
+    ]
+    # SIGTERM first: the workers drain and exit 0.
+    stack.callback(stop_all, procs, signal.SIGTERM, _WORKER_STOP_GRACE_S)
+    for proc in procs:
+        proc.start()
     # Loaded while the workers boot (litellm takes seconds to import); a model the cost
     # map cannot price fails here, with the model list's own message.
     entry, provider = await _in_daemon_thread(
         lambda: _model_and_provider(models_file, environ, options.model)
     )
-    for process, port, log_path in started:
-        await _wait_ready(process, port, log_path)
+    for proc in procs:
+        await proc.wait_ready(_WORKER_READY_TIMEOUT_S)
     progress.step(f"{workers} ready")
     return _System(kafka.bootstrap, redis_url, topics, entry, provider)
 

@@ -258,6 +258,7 @@ class ChildProcess:
         self.send_signal(signal.SIGKILL)  # whatever the leader left behind
         with contextlib.suppress(subprocess.TimeoutExpired):
             code = process.wait(timeout=10)
+        self.process = None  # reaped: its group id may be reused
         return code
 
     def kill(self) -> None:
@@ -298,6 +299,26 @@ class WorkerProcess(ChildProcess):
     async def metric(self, name: str, labels: dict[str, str] | None = None) -> float | None:
         return await scrape(self.metrics_port, name, labels)
 
+    def peak_rss_mb(self) -> float | None:
+        """Peak resident set size (``VmHWM``) while it runs, in MB."""
+        with contextlib.suppress(OSError, AssertionError):
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return None
+
+
+def stop_all(
+    procs: Sequence[ChildProcess], sig: signal.Signals = signal.SIGKILL, grace_s: float = 10
+) -> None:
+    """``stop`` for many at once: each gets ``sig`` first, then they share ``grace_s``
+    to exit before SIGKILL. Always reaps; safe to call twice."""
+    for proc in procs:
+        proc.send_signal(sig)
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        proc.stop(sig, grace_s=max(0.0, deadline - time.monotonic()))
+
 
 @contextlib.asynccontextmanager
 async def workers(
@@ -324,8 +345,7 @@ async def workers(
             await asyncio.gather(*(proc.wait_ready() for proc in procs))
         yield procs
     finally:
-        for proc in procs:
-            proc.kill()
+        stop_all(procs)
 
 
 class InProcessWorker:
