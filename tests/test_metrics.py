@@ -56,6 +56,17 @@ def test_the_exposition_has_no_created_series() -> None:
     assert any(s.name == "other_things_created" for f in other.collect() for s in f.samples)
 
 
+def test_metrics_include_process_and_gc_collectors() -> None:
+    text = Metrics().render().decode()
+    for name in (
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "python_gc_collections_total",
+        "bw_jobs_in_flight",
+    ):
+        assert name in text
+
+
 def test_a_charge_is_counted_in_usd_and_in_nano_usd() -> None:
     metrics = Metrics()
     metrics.charged("gpt-4o-mini", 26_100)
