@@ -12,6 +12,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
+
+from schemas.events import BudgetSnapshot as EventBudget
+from schemas.events import CompletionSucceeded, Usage, encode_event
+from schemas.jobs import CompletionJob, parse_job
 from worker.dev import rig
 from worker.dev.rig import (
     MODEL,
@@ -51,15 +56,20 @@ __all__ = [
     "InProcessWorker",
     "Topics",
     "WorkerProcess",
+    "answer",
     "captured_logs",
     "in_process",
     "in_process_workers",
     "job",
+    "jobs_on",
     "model_entry",
+    "nowhere",
     "produce",
+    "publish",
     "read_all",
     "settings_from",
     "spent",
+    "succeeded",
     "until",
     "until_assigned",
     "until_metric",
@@ -158,3 +168,57 @@ async def until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout_s} s")
         await asyncio.sleep(0.01)
+
+
+# --- a stand-in worker, for the client and the submit command -------------------------------
+
+
+def succeeded(job: CompletionJob, worker_id: str = "stand-in") -> CompletionSucceeded:
+    return CompletionSucceeded(
+        job_id=job.job_id,
+        user_id=job.user_id,
+        model=job.model,
+        metadata=job.metadata,
+        worker_id=worker_id,
+        response={"id": "chatcmpl-1", "object": "chat.completion", "choices": []},
+        usage=Usage(prompt_tokens=14, completion_tokens=40, total_tokens=54),
+        cost_nanousd=26_100,
+        budget=EventBudget(limit_nanousd=200_000, spent_nanousd=26_100, remaining_nanousd=173_900),
+        attempts=1,
+    )
+
+
+async def publish(kafka: EmbeddedKafka, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def jobs_on(kafka: EmbeddedKafka, topic: str, count: int) -> list[Any]:
+    """The first ``count`` records of the jobs topic, waiting for them."""
+    deadline = time.monotonic() + 20
+    while True:
+        records = await read_all(kafka, topic, timeout_s=0.3)
+        if len(records) >= count or time.monotonic() > deadline:
+            return records
+        await asyncio.sleep(0.1)
+
+
+async def answer(kafka: EmbeddedKafka, topics: Topics, count: int, copies: int = 1) -> None:
+    """A stand-in worker: publish each job's event ``copies`` times (a redelivery)."""
+    records = await jobs_on(kafka, topics.jobs, count)
+    events = [succeeded(parse_job(record.value)) for record in records]
+    await publish(
+        kafka,
+        topics.results,
+        [(e.job_id.encode(), encode_event(e)) for e in events for _ in range(copies)],
+    )
+
+
+def nowhere() -> str:
+    """A loopback address nothing listens on."""
+    return f"127.0.0.1:{free_port()}"
