@@ -9,6 +9,7 @@ is used when it is installed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import json
 import os
@@ -202,8 +203,10 @@ def jobs_partitions_compose() -> int:
     return int(compose_default(match.group(1)))
 
 
+@functools.cache
 def cli_help(*command: str) -> str:
-    """``budget-worker <command> --help`` through the installed console script."""
+    """``budget-worker <command> --help`` through the installed console script (once
+    per command: several doc lines name the same one)."""
     script = Path(sys.executable).with_name("budget-worker")
     assert script.exists(), f"console script not installed beside {sys.executable}"
     result = subprocess.run(

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.metrics import MetricWrapperBase
 
 from tests.support import (
+    InProcessWorker,
     Topics,
     WorkerProcess,
     captured_logs,
@@ -125,12 +126,14 @@ async def test_a_port_in_use_is_a_config_error_naming_the_setting() -> None:
 async def test_a_second_worker_on_the_same_metrics_port_exits_with_one_line(
     kafka: EmbeddedKafka, redis_url: str, fake_provider: Any, tmp_path: Path
 ) -> None:
+    """The first worker holds the port (in-process); the second, a ``budget-worker run``
+    process, exits 2 with one line and leaves the first running."""
     topics = Topics.fresh(kafka)
     env = worker_env(kafka, redis_url, write_models_file(tmp_path, fake_provider.url), topics)
-    first = WorkerProcess(env, tmp_path / "first.log", "w-first")
+    first = InProcessWorker(settings_from({**env, "BW_WORKER_ID": "w-first"}))
     second = WorkerProcess(env, tmp_path / "second.log", "w-second")
+    await first.start()
     try:
-        first.start()
         await first.wait_ready()
         second.start()
         assert await second.wait(timeout_s=60) == 2
@@ -138,10 +141,11 @@ async def test_a_second_worker_on_the_same_metrics_port_exits_with_one_line(
         assert error.startswith(f"error: cannot listen on 0.0.0.0:{env['BW_METRICS_PORT']} ")
         assert "Address already in use" in error
         assert "BW_METRICS_PORT=0 to pick a free one" in error
-        assert first.process is not None and first.process.poll() is None
+        assert first.alive()
+        await wait_until_ready(first.metrics_port, first.alive, 10)
     finally:
         second.kill()
-        first.kill()
+        await first.stop()
 
 
 async def test_metrics_port_0_picks_a_free_port_named_in_the_start_up_line(

@@ -354,7 +354,8 @@ class InProcessWorker:
     The settings are the worker's own (``settings_from(env)``)."""
 
     def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
-        port = settings.metrics_port or free_port()  # 0 here: a free one, known before
+        # Port 0 would be a free one the caller cannot know: pick it here instead.
+        port = settings.metrics_port or free_port()
         self.settings = settings.model_copy(update={"metrics_port": port})
         self.metrics_port = port
         self.worker_id = self.settings.worker_id
@@ -411,10 +412,17 @@ async def in_process_workers(
         await asyncio.gather(*(worker.wait_ready() for worker in started))
         yield started
     finally:
+        # Every worker is stopped; the first that failed (a crash, a drain that raised)
+        # fails the caller, as it would fail a process.
+        failures: list[BaseException] = []
         for worker in started:
             if worker.task is not None:
-                with contextlib.suppress(Exception):
+                try:
                     await worker.stop()
+                except Exception as exc:
+                    failures.append(exc)
+        if failures:
+            raise failures[0]
 
 
 async def scrape(port: int, name: str, labels: dict[str, str] | None = None) -> float | None:
