@@ -26,6 +26,7 @@ BENCHMARKS = [
     "latency",
     "recovery",
     "scopes",
+    "estimate",
 ]
 
 

@@ -1,5 +1,6 @@
-"""What every benchmark shares: real servers, worker and fake-provider processes, jobs in
-and events out, statistics, and the report each benchmark prints and writes.
+"""What every benchmark shares beside the rig (``worker.dev.rig``: topics, model list,
+worker processes): the servers of a run, a fake provider in a process of its own, a
+tailing event reader, statistics, and the report each benchmark prints and writes.
 
 Run as a module it is also the entry point of the helper processes the benchmarks
 start, so that what is measured never shares a process with what drives it::
@@ -17,13 +18,12 @@ import json
 import math
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,15 +32,19 @@ from typing import Any, Literal
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from worker.dev import rig
+from worker.dev.rig import (
+    GPT_4O_MINI,
+    MODEL,
+    ChildProcess,
+    Topics,
+    WorkerProcess,
+)
 from worker.dev.servers import EmbeddedKafka, EmbeddedRedis, free_port, scratch_dir, wait_for_port
-from worker.metrics import wait_until_ready
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-MODEL = "gpt-4o-mini"
-LITELLM_MODEL = "openai/gpt-4o-mini"
-PRICE_IN = "0.00000015"  # USD per prompt token (gpt-4o-mini's list price)
-PRICE_OUT = "0.0000006"  # USD per completion token
+LITELLM_MODEL = GPT_4O_MINI.model
 API_KEY = "sk-bench-not-a-key"
 PROMPT = "Summarise the plot of Hamlet in two sentences for a ten-year-old."
 
@@ -269,13 +273,6 @@ class Context:
 # --- servers ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Topics:
-    jobs: str
-    results: str
-    dlq: str
-
-
 class Infra:
     """One Kafka-protocol broker and one Redis for a whole benchmark run (fresh topics,
     group ids and users per measurement), plus a scratch directory for logs. Servers
@@ -311,12 +308,7 @@ class Infra:
         return self.redis.url
 
     def topics(self, partitions: int = 3) -> Topics:
-        suffix = uuid.uuid4().hex[:10]
-        topics = Topics(f"bench.jobs.{suffix}", f"llm.results.{suffix}", f"bench.dlq.{suffix}")
-        self.kafka.create_topic(topics.jobs, partitions)
-        self.kafka.create_topic(topics.results, partitions)
-        self.kafka.create_topic(topics.dlq, 1)
-        return topics
+        return Topics.fresh(self.kafka, partitions, prefix="bench.")
 
     def pids(self) -> dict[str, int]:
         found = {}
@@ -333,53 +325,6 @@ class Infra:
             client.flushall()
         finally:
             client.close()
-
-
-class ChildProcess:
-    """A child process in its own session, killed with its group on ``stop()``."""
-
-    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.argv = argv
-        self.log_path = log_path
-        self.env = {**os.environ, **(env or {})}
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def log_tail(self, chars: int = 3000) -> str:
-        if not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def stop(self, sig: signal.Signals = signal.SIGKILL, timeout_s: float = 10) -> int | None:
-        process, self.process = self.process, None
-        if process is None:
-            return None
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, sig)
-        try:
-            return process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
-            return process.wait(timeout=10)
 
 
 class FakeProvider(ChildProcess):
@@ -437,19 +382,7 @@ class FakeProvider(ChildProcess):
 
 
 def write_models_file(directory: Path, api_base: str) -> Path:
-    path = directory / f"models-{uuid.uuid4().hex[:8]}.yaml"
-    path.write_text(
-        "model_list:\n"
-        f"  - model_name: {MODEL}\n"
-        "    litellm_params:\n"
-        f"      model: {LITELLM_MODEL}\n"
-        f"      api_base: {api_base}\n"
-        f"      api_key: {API_KEY}\n"
-        "    model_info:\n"
-        f"      input_cost_per_token: {PRICE_IN}\n"
-        f"      output_cost_per_token: {PRICE_OUT}\n"
-    )
-    return path
+    return rig.write_models_file(directory, api_base, api_key=API_KEY)
 
 
 def worker_env(
@@ -457,58 +390,17 @@ def worker_env(
 ) -> dict[str, str]:
     """The worker's environment: defaults except what a benchmark sets in ``extra``
     (``max_in_flight=100`` becomes ``BW_MAX_IN_FLIGHT=100``)."""
-    env = {
-        "BW_KAFKA_BOOTSTRAP": infra.bootstrap,
-        "BW_REDIS_URL": infra.redis_url,
-        "BW_MODELS_FILE": str(models_file),
-        "BW_JOBS_TOPIC": topics.jobs,
-        "BW_RESULTS_TOPIC": topics.results,
-        "BW_DLQ_TOPIC": topics.dlq,
-        "BW_GROUP_ID": group or f"group-{topics.jobs}",
-        "BW_MODEL_TIMEOUT_S": "30",
-        "BW_LEASE_MS": "60000",
-    }
-    env.update({f"BW_{key.upper()}": str(value) for key, value in extra.items()})
-    return env
+    if group is not None:
+        extra["group_id"] = group
+    settings = {"model_timeout_s": 30, "lease_ms": 60_000, **extra}
+    return rig.worker_env(infra.kafka, infra.redis_url, models_file, topics, **settings)
 
 
-class WorkerProcess(ChildProcess):
-    """``python -m worker.cli run`` as a child process."""
-
-    def __init__(self, env: dict[str, str], workdir: Path, worker_id: str) -> None:
-        self.metrics_port = free_port()
-        full_env = {**env, "BW_WORKER_ID": worker_id, "BW_METRICS_PORT": str(self.metrics_port)}
-        super().__init__(
-            [sys.executable, "-m", "worker.cli", "run"],
-            workdir / f"worker-{worker_id}-{self.metrics_port}.log",
-            full_env,
-        )
-
-    async def wait_ready(self, timeout_s: float = 90) -> None:
-        try:
-            await wait_until_ready(self.metrics_port, self.alive, timeout_s)
-        except (RuntimeError, TimeoutError) as exc:
-            raise type(exc)(f"{exc}:\n{self.log_tail()}") from None
-
-    def peak_rss_mb(self) -> float | None:
-        kb = vm_hwm_kb(self.pid) if self.alive() else None
-        return None if kb is None else kb / 1024
-
-
-@contextlib.asynccontextmanager
-async def running_workers(
+def running_workers(
     env: dict[str, str], workdir: Path, count: int = 1, *, ready: bool = True
-) -> AsyncIterator[list[WorkerProcess]]:
-    procs = [WorkerProcess(env, workdir, f"bw{i}-{uuid.uuid4().hex[:6]}") for i in range(count)]
-    try:
-        for proc in procs:
-            proc.start()
-        if ready:
-            await asyncio.gather(*(proc.wait_ready() for proc in procs))
-        yield procs
-    finally:
-        for proc in procs:
-            proc.stop(signal.SIGKILL)
+) -> contextlib.AbstractAsyncContextManager[list[WorkerProcess]]:
+    """``count`` worker processes (ids ``bw0``, ``bw1``...), killed on exit."""
+    return rig.workers(env, workdir, count, ready=ready, prefix="bw")
 
 
 # --- jobs and events ----------------------------------------------------------------------

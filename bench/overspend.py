@@ -38,8 +38,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from bench.harness import MODEL, PRICE_IN, PRICE_OUT, PROMPT, Context, Report, spread
+from bench.harness import PROMPT, Context, Report, spread
 from schemas.money import nanousd_to_usd, to_nanousd, usd_to_nanousd
+from worker.dev.rig import MODEL, PRICE_IN, PRICE_OUT
 
 NAME = "overspend"
 LEVELS = (1, 10, 100, 1000)

@@ -20,10 +20,11 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from bench.harness import MODEL, PRICE_IN, PRICE_OUT, PROMPT, Context, Report, median, percentile
+from bench.harness import PROMPT, Context, Report, median, percentile
 from schemas.jobs import CompletionJob
 from worker import admission
 from worker.dev.fake_provider import count_prompt_tokens
+from worker.dev.rig import MODEL, PRICE_IN, PRICE_OUT
 from worker.estimate import Estimate, estimate
 from worker.ledger import Budget, Ledger, Refused, Reserved, ReserveResult
 from worker.models import ModelEntry

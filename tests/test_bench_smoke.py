@@ -29,7 +29,17 @@ def bench_context(
 
 
 @pytest.mark.parametrize(
-    "name", ["pipeline", "admission", "overspend", "usability", "scaling", "latency", "scopes"]
+    "name",
+    [
+        "pipeline",
+        "admission",
+        "overspend",
+        "usability",
+        "scaling",
+        "latency",
+        "scopes",
+        "estimate",
+    ],
 )
 async def test_benchmark_runs_and_reports(
     name: str, bench_context: Context, tmp_path: Path

@@ -15,16 +15,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
-from typer.testing import CliRunner
 
-from schemas.events import BudgetSnapshot as EventBudget
-from schemas.events import CompletionSucceeded, Usage, encode_event
-from schemas.jobs import CompletionJob, InvalidJob, UndecodableJob, parse_job
-from tests.support import Topics, read_all, worker_env, workers, write_models_file
-from worker.cli import app
+from schemas.events import CompletionSucceeded, encode_event
+from schemas.jobs import InvalidJob, UndecodableJob, parse_job
+from tests.support import (
+    Topics,
+    answer,
+    in_process_workers,
+    jobs_on,
+    nowhere,
+    publish,
+    read_all,
+    succeeded,
+    worker_env,
+    write_models_file,
+)
 from worker.client import JobClient, ResultWaiter, SubmitFailed, SyncJobClient, build_job
-from worker.dev.servers import EmbeddedKafka, free_port
+from worker.dev.servers import EmbeddedKafka
 from worker.errors import ConfigError, KafkaUnavailable
 from worker.ledger import Budget, Ledger
 from worker.settings import Settings
@@ -42,57 +49,11 @@ def client_settings(kafka: EmbeddedKafka, topics: Topics) -> Settings:
     )
 
 
-def succeeded(job: CompletionJob, worker_id: str = "stand-in") -> CompletionSucceeded:
-    return CompletionSucceeded(
-        job_id=job.job_id,
-        user_id=job.user_id,
-        model=job.model,
-        metadata=job.metadata,
-        worker_id=worker_id,
-        response={"id": "chatcmpl-1", "object": "chat.completion", "choices": []},
-        usage=Usage(prompt_tokens=14, completion_tokens=40, total_tokens=54),
-        cost_nanousd=26_100,
-        budget=EventBudget(limit_nanousd=200_000, spent_nanousd=26_100, remaining_nanousd=173_900),
-        attempts=1,
-    )
-
-
-async def publish(kafka: EmbeddedKafka, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, enable_idempotence=False)
-    await producer.start()
-    try:
-        for key, value in records:
-            await producer.send_and_wait(topic, value, key=key)
-    finally:
-        await producer.stop()
-
-
 async def until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
     for _ in range(int(timeout_s / 0.05)):
         if condition():
             return
         await asyncio.sleep(0.05)
-
-
-async def jobs_on(kafka: EmbeddedKafka, topic: str, count: int) -> list[Any]:
-    """The first ``count`` records of the jobs topic, waiting for them."""
-    deadline = time.monotonic() + 20
-    while True:
-        records = await read_all(kafka, topic, timeout_s=0.3)
-        if len(records) >= count or time.monotonic() > deadline:
-            return records
-        await asyncio.sleep(0.1)
-
-
-async def answer(kafka: EmbeddedKafka, topics: Topics, count: int, copies: int = 1) -> None:
-    """A stand-in worker: publish each job's event ``copies`` times (a redelivery)."""
-    records = await jobs_on(kafka, topics.jobs, count)
-    events = [succeeded(parse_job(record.value)) for record in records]
-    await publish(
-        kafka,
-        topics.results,
-        [(e.job_id.encode(), encode_event(e)) for e in events for _ in range(copies)],
-    )
 
 
 @pytest.fixture
@@ -248,91 +209,6 @@ async def test_the_sync_client_submits_and_waits(kafka: EmbeddedKafka, topics: T
         sync.submit(build_job("grace", "gpt-4o-mini", "late"))
 
 
-async def test_submit_command_prints_the_job_id_and_the_event(
-    kafka: EmbeddedKafka, topics: Topics
-) -> None:
-    env = {
-        "BW_KAFKA_BOOTSTRAP": kafka.bootstrap,
-        "BW_JOBS_TOPIC": topics.jobs,
-        "BW_RESULTS_TOPIC": topics.results,
-        "BW_MODEL_TIMEOUT_S": "30",
-    }
-    args = ["submit", "--user", "heidi", "--model", "gpt-4o-mini", "--prompt", "Hi", "--wait"]
-    run = asyncio.create_task(
-        asyncio.to_thread(CliRunner().invoke, app, [*args, "--timeout", "30"], env=env)
-    )
-    await answer(kafka, topics, 1)
-    result = await run
-    assert result.exit_code == 0, result.output
-    job_id, _, event_json = result.output.partition("\n")
-    event = json.loads(event_json)
-    assert event["job_id"] == job_id
-    assert event["type"] == "completion.succeeded"
-
-
-def test_submit_command_refuses_an_invalid_job_naming_the_field() -> None:
-    result = CliRunner().invoke(
-        app,
-        ["submit", "--user", "ivan", "--model", "m", "--prompt", "hi", "--max-tokens", "0"],
-        env={"BW_MODEL_TIMEOUT_S": "30", "BW_KAFKA_BOOTSTRAP": "127.0.0.1:9"},
-    )
-    assert result.exit_code == 2
-    assert "max_tokens" in result.output
-
-
-@pytest.mark.parametrize("source", ["file", "stdin"])
-async def test_submit_command_takes_a_prompt_too_long_for_an_argument(
-    kafka: EmbeddedKafka, topics: Topics, tmp_path: Path, source: str
-) -> None:
-    # 300 KiB: over Linux's 128 KiB limit for one argument, under BW_MAX_PROMPT_CHARS.
-    prompt = ("Grüße, ünïcode and a line break\n" * 10_000)[:300_000]
-    path = tmp_path / "prompt.txt"
-    path.write_bytes(prompt.encode("utf-8"))
-    args = ["submit", "--user", "lee", "--model", "gpt-4o-mini", "--max-tokens", "8"]
-    args += ["--prompt-file", str(path) if source == "file" else "-"]
-    env = {
-        **os.environ,
-        "BW_KAFKA_BOOTSTRAP": kafka.bootstrap,
-        "BW_JOBS_TOPIC": topics.jobs,
-        "BW_RESULTS_TOPIC": topics.results,
-    }
-    with path.open("rb") as stdin:
-        result = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "worker.cli", *args],
-            stdin=stdin if source == "stdin" else subprocess.DEVNULL,
-            capture_output=True,
-            timeout=60,
-            env=env,
-            check=False,
-        )
-    assert result.returncode == 0, result.stderr.decode(errors="replace")
-    [record] = await jobs_on(kafka, topics.jobs, 1)
-    job = parse_job(record.value)
-    assert job.job_id == result.stdout.decode().strip()
-    assert job.messages[-1].content == prompt
-
-
-@pytest.mark.parametrize(
-    ("args", "says"),
-    [
-        ([], "exactly one of --prompt and --prompt-file"),
-        (["--prompt", "hi", "--prompt-file", "-"], "exactly one of --prompt and --prompt-file"),
-        (["--prompt-file", "/nonexistent/prompt.txt"], "cannot read /nonexistent/prompt.txt"),
-        (["--prompt-file", "-"], "standard input is not UTF-8 text (byte 1)"),
-    ],
-)
-def test_submit_command_refuses_a_prompt_it_cannot_take(args: list[str], says: str) -> None:
-    result = CliRunner().invoke(
-        app,
-        ["submit", "--user", "mo", "--model", "m", *args],
-        input=b"h\xffi",
-        env={"BW_KAFKA_BOOTSTRAP": "127.0.0.1:9"},
-    )
-    assert result.exit_code == 2
-    assert says in " ".join(result.stderr.translate({ord(c): " " for c in "│╭╮╰╯─"}).split())
-
-
 @pytest.mark.timeout(90)
 async def test_a_real_worker_answers_a_submitted_job(
     kafka: EmbeddedKafka, redis_url: str, fake_provider: Any, tmp_path: Path
@@ -344,7 +220,7 @@ async def test_a_real_worker_answers_a_submitted_job(
         await ledger.set_budget("judy", Budget(limit_nanousd=50_000))
         settings = client_settings(kafka, topics)
         async with (
-            workers(env, tmp_path),
+            in_process_workers(env),
             ResultWaiter(settings) as waiter,
             JobClient(settings) as client,
         ):
@@ -362,11 +238,6 @@ async def test_a_real_worker_answers_a_submitted_job(
 
 
 # --- an unreachable broker ------------------------------------------------------------------
-
-
-def nowhere() -> str:
-    """A loopback address nothing listens on."""
-    return f"127.0.0.1:{free_port()}"
 
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -421,21 +292,3 @@ def test_the_sync_client_for_an_unreachable_broker_raises_and_leaves_nothing_ope
     assert result.stdout.startswith(f"cannot reach Kafka at {bootstrap} "), result
     # aiokafka logs its attempts (the caller's logging decides where); nothing unclosed.
     assert "Unclosed" not in result.stderr and "Traceback" not in result.stderr, result.stderr
-
-
-@pytest.mark.parametrize("wait", [True, False], ids=["wait", "no-wait"])
-def test_submit_command_with_an_unreachable_broker_prints_one_line(wait: bool) -> None:
-    bootstrap = nowhere()
-    args = ["submit", "--user", "kim", "--model", "gpt-4o-mini", "--prompt", "Hi"]
-    result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args, *(["--wait"] if wait else [])],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "BW_KAFKA_BOOTSTRAP": bootstrap},
-        check=False,
-    )
-    assert result.returncode == 1
-    assert result.stdout == ""
-    assert result.stderr.startswith(f"error: cannot reach Kafka at {bootstrap} "), result.stderr
-    assert result.stderr.count("\n") == 1, result.stderr

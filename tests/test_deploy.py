@@ -9,6 +9,7 @@ is used when it is installed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import json
 import os
@@ -26,7 +27,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.support import Topics, worker_env, workers, write_models_file
+from tests.support import Topics, in_process_workers, worker_env, write_models_file
 from worker.dev.servers import EmbeddedKafka
 from worker.settings import Settings
 
@@ -202,8 +203,10 @@ def jobs_partitions_compose() -> int:
     return int(compose_default(match.group(1)))
 
 
+@functools.cache
 def cli_help(*command: str) -> str:
-    """``budget-worker <command> --help`` through the installed console script."""
+    """``budget-worker <command> --help`` through the installed console script (once
+    per command: several doc lines name the same one)."""
     script = Path(sys.executable).with_name("budget-worker")
     assert script.exists(), f"console script not installed beside {sys.executable}"
     result = subprocess.run(
@@ -719,11 +722,12 @@ async def test_dashboard_and_alert_metrics_are_registered_by_the_worker() -> Non
 async def test_dashboard_and_alert_metrics_are_served_by_a_running_worker(
     kafka: EmbeddedKafka, redis_url: str, fake_provider: Any, tmp_path: Path
 ) -> None:
-    """A real ``budget-worker run`` against the test broker and Redis, scraped over HTTP."""
+    """A running worker (in-process: the same ``serve()`` as ``budget-worker run``)
+    against the test broker and Redis, scraped over HTTP."""
     topics = Topics.fresh(kafka)
     models = write_models_file(tmp_path, fake_provider.url)
     env = worker_env(kafka, redis_url, models, topics)
-    async with workers(env, tmp_path) as (worker,), aiohttp.ClientSession() as session:
+    async with in_process_workers(env) as (worker,), aiohttp.ClientSession() as session:
         base = f"http://127.0.0.1:{worker.metrics_port}"
         async with session.get(f"{base}/healthz") as response:
             assert response.status == 200

@@ -9,7 +9,6 @@ import dataclasses
 import importlib.util
 import json
 import os
-import timeit
 import unicodedata
 from collections.abc import Iterator
 from decimal import Decimal
@@ -27,7 +26,6 @@ from worker.estimate import (
     ANTHROPIC_FRAMING,
     OPENAI_FRAMING,
     OTHER_FRAMING,
-    Estimate,
     estimate,
     framing_for,
     image_token_bound,
@@ -470,15 +468,3 @@ def test_images_are_bounded_per_model_and_detail() -> None:
         assert estimate(with_image("low"), entry(model=model), 1).prompt_tokens_bound == base + low
     assert image_token_bound("anthropic", "anthropic/claude-3-5-sonnet", "low") == 5000
     assert image_token_bound("other", "gemini/gemini-2.0-flash", None) == 8192
-
-
-def test_estimate_of_a_2_kb_prompt_takes_well_under_a_millisecond() -> None:
-    text = (corpus_text(CORPUS / "english.txt") * 2)[:2048]
-    job = make_job([{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}])
-    model = entry()
-    runs = 2000
-    per_call_s = (
-        min(timeit.repeat(lambda: estimate(job, model, 1024), number=runs, repeat=3)) / runs
-    )
-    assert per_call_s < 250e-6  # typically ~10 us; the margin absorbs slow CI machines
-    assert isinstance(estimate(job, model, 1024), Estimate)

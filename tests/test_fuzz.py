@@ -33,13 +33,13 @@ from hypothesis import strategies as st
 from schemas.jobs import CompletionJob, InvalidJob, JobLimits, UndecodableJob, parse_job
 from tests.support import (
     Topics,
+    in_process_workers,
     job,
     produce,
     read_all,
     spent,
     wait_for_events,
     worker_env,
-    workers,
     write_models_file,
 )
 from worker.dev.servers import EmbeddedKafka
@@ -579,7 +579,7 @@ async def test_a_running_worker_names_the_rule_of_each_refusal(
         ),
     }
     oversize = json.dumps(job("lim-big", "u", prompt="x" * 70_000)).encode()
-    async with workers(env, tmp_path):
+    async with in_process_workers(env):
         await produce(kafka, topics.jobs, [body for body, _, _ in cases.values()])
         await produce(kafka, topics.jobs, [(b"u", oversize)])
         events = await wait_for_events(
@@ -636,7 +636,7 @@ async def test_a_thousand_fuzzed_records_are_each_refused_and_the_worker_serves_
         if outcome == "undecodable"
     ]
     addressed = Counter(job_id for _, job_id in expected if job_id is not None)
-    async with workers(env, tmp_path) as procs:
+    async with in_process_workers(env) as (worker,):
         started = time.monotonic()
         await produce(kafka, topics.jobs, [(None, item.raw) for item in payloads])
         events: list[dict[str, Any]] = []
@@ -652,12 +652,12 @@ async def test_a_thousand_fuzzed_records_are_each_refused_and_the_worker_serves_
         assert fake_provider.stats.requests_total == 0, "a fuzzed record called a model"
         # Still serving: ready, and a valid job after the fuzz succeeds and is charged.
         async with aiohttp.ClientSession() as session:
-            url = f"http://127.0.0.1:{procs[0].metrics_port}/readyz"
+            url = f"http://127.0.0.1:{worker.metrics_port}/readyz"
             async with session.get(url) as response:
                 assert response.status == 200
         await produce(kafka, topics.jobs, [job("after-fuzz", "survivor")])
         after = await wait_for_events(kafka, topics.results, {"after-fuzz"})
-        assert procs[0].process is not None and procs[0].process.poll() is None
+        assert worker.alive()
     assert after["after-fuzz"][0]["type"] == "completion.succeeded"
     ledger = Ledger.from_url(redis_url)
     try:

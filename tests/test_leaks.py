@@ -28,7 +28,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.gateway import SecureKafka
-from tests.support import PRICE_IN, PRICE_OUT, settings_from, workers
+from tests.support import PRICE_IN, PRICE_OUT, captured_logs, in_process_workers, settings_from
 from worker.connections import kafka_options
 from worker.dev.servers import EmbeddedRedis, free_port
 from worker.errors import ConfigError, PermanentProviderError
@@ -229,7 +229,11 @@ async def read_topic(settings: Settings, topic: str, at_least: int, timeout_s: f
 
 
 async def test_no_secret_prompt_or_response_leaks_on_any_path(
-    sasl_kafka: SecureKafka, secret_redis: EmbeddedRedis, provider: EchoingProvider, tmp_path: Path
+    sasl_kafka: SecureKafka,
+    secret_redis: EmbeddedRedis,
+    provider: EchoingProvider,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     topics = {"jobs": "leak.jobs", "results": "llm.results.leak", "dlq": "leak.dlq"}
     for name in topics.values():
@@ -252,6 +256,7 @@ async def test_no_secret_prompt_or_response_leaks_on_any_path(
         "BW_MODEL_MAX_RETRIES": "2",
         "BW_RETRY_BACKOFF_S": "0.01",
         "BW_RETRY_BACKOFF_MAX_S": "0.05",
+        "BW_KAFKA_SESSION_TIMEOUT_MS": "3000",
     }
     settings = settings_from(env)
     ledger = Ledger.from_url(redis_url)
@@ -289,20 +294,24 @@ async def test_no_secret_prompt_or_response_leaks_on_any_path(
         "leak-invalid-param": ("completion.rejected", "invalid_job"),
         "leak-invalid-message": ("completion.rejected", "invalid_job"),
     }
-    async with workers(env, tmp_path) as procs:
-        producer = AIOKafkaProducer(**kafka_options(settings))
-        await producer.start()
-        try:
-            for body in jobs:
-                await producer.send_and_wait(
-                    topics["jobs"], json.dumps(body).encode(), key=body["user_id"].encode()
-                )
-            await producer.send_and_wait(topics["jobs"], undecodable, key=b"rich")
-        finally:
-            await producer.stop()
-        results = await read_topic(settings, topics["results"], len(jobs), timeout_s=60)
-        dead = await read_topic(settings, topics["dlq"], 1, timeout_s=20)
-        log = procs[0].log()
+    capfd.readouterr()
+    with captured_logs() as lines:
+        async with in_process_workers(env):
+            producer = AIOKafkaProducer(**kafka_options(settings))
+            await producer.start()
+            try:
+                for body in jobs:
+                    await producer.send_and_wait(
+                        topics["jobs"], json.dumps(body).encode(), key=body["user_id"].encode()
+                    )
+                await producer.send_and_wait(topics["jobs"], undecodable, key=b"rich")
+            finally:
+                await producer.stop()
+            results = await read_topic(settings, topics["results"], len(jobs), timeout_s=60)
+            dead = await read_topic(settings, topics["dlq"], 1, timeout_s=20)
+    printed = capfd.readouterr()
+    # Everything the worker wrote: its log lines, and anything printed to stdout/stderr.
+    log = "\n".join([*lines, printed.out, printed.err])
 
     events = {event["job_id"]: event for event in (json.loads(r.value) for r in results)}
     outcomes = {

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.dev.local import LocalSystem, models_yaml
+from worker.dev.local import FAKE_MODELS, LocalSystem
+from worker.dev.rig import models_yaml
 from worker.dev.servers import free_port
 from worker.metrics import wait_until_ready
 
@@ -221,5 +222,5 @@ def test_the_exports_are_quoted_for_a_shell_and_the_models_load(tmp_path: Path) 
     assert f"export BW_MODELS_FILE='{tmp_path}/a dir/models.yaml'" in lines
     assert "export BW_KAFKA_BOOTSTRAP=127.0.0.1:1234" in lines
     path = tmp_path / "models.yaml"
-    path.write_text(models_yaml("http://127.0.0.1:9/v1"))
+    path.write_text(models_yaml("http://127.0.0.1:9/v1", FAKE_MODELS))
     assert load_models(path, {}, price_of).names() == ["gpt-4o-mini", "fake"]

@@ -4,6 +4,7 @@ holds, and a metrics port that cannot be bound (in-process and with real workers
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import re
 from pathlib import Path
@@ -13,10 +14,20 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.metrics import MetricWrapperBase
 
-from tests.support import Topics, WorkerProcess, worker_env, workers, write_models_file
+from tests.support import (
+    InProcessWorker,
+    Topics,
+    WorkerProcess,
+    captured_logs,
+    in_process_workers,
+    settings_from,
+    worker_env,
+    write_models_file,
+)
 from worker.dev.servers import EmbeddedKafka
 from worker.errors import ConfigError
 from worker.metrics import HealthServer, Metrics, check_port, wait_until_ready
+from worker.service import serve
 
 OPERATIONS = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
 
@@ -44,6 +55,17 @@ def test_the_exposition_has_no_created_series() -> None:
     other = CollectorRegistry()
     Counter("other_things", "A counter of a host application.", registry=other).inc()
     assert any(s.name == "other_things_created" for f in other.collect() for s in f.samples)
+
+
+def test_metrics_include_process_and_gc_collectors() -> None:
+    text = Metrics().render().decode()
+    for name in (
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "python_gc_collections_total",
+        "bw_jobs_in_flight",
+    ):
+        assert name in text
 
 
 def test_a_charge_is_counted_in_usd_and_in_nano_usd() -> None:
@@ -104,12 +126,14 @@ async def test_a_port_in_use_is_a_config_error_naming_the_setting() -> None:
 async def test_a_second_worker_on_the_same_metrics_port_exits_with_one_line(
     kafka: EmbeddedKafka, redis_url: str, fake_provider: Any, tmp_path: Path
 ) -> None:
+    """The first worker holds the port (in-process); the second, a ``budget-worker run``
+    process, exits 2 with one line and leaves the first running."""
     topics = Topics.fresh(kafka)
     env = worker_env(kafka, redis_url, write_models_file(tmp_path, fake_provider.url), topics)
-    first = WorkerProcess(env, tmp_path / "first.log", "w-first")
+    first = InProcessWorker(settings_from({**env, "BW_WORKER_ID": "w-first"}))
     second = WorkerProcess(env, tmp_path / "second.log", "w-second")
+    await first.start()
     try:
-        first.start()
         await first.wait_ready()
         second.start()
         assert await second.wait(timeout_s=60) == 2
@@ -117,40 +141,43 @@ async def test_a_second_worker_on_the_same_metrics_port_exits_with_one_line(
         assert error.startswith(f"error: cannot listen on 0.0.0.0:{env['BW_METRICS_PORT']} ")
         assert "Address already in use" in error
         assert "BW_METRICS_PORT=0 to pick a free one" in error
-        assert first.process is not None and first.process.poll() is None
+        assert first.alive()
+        await wait_until_ready(first.metrics_port, first.alive, 10)
     finally:
         second.kill()
-        first.kill()
+        await first.stop()
 
 
-@pytest.mark.timeout(120)
 async def test_metrics_port_0_picks_a_free_port_named_in_the_start_up_line(
     kafka: EmbeddedKafka, redis_url: str, fake_provider: Any, tmp_path: Path
 ) -> None:
+    """In-process (the start-up line is the same log record a process writes)."""
     topics = Topics.fresh(kafka)
     models = write_models_file(tmp_path, fake_provider.url)
     env = {**worker_env(kafka, redis_url, models, topics), "BW_METRICS_HOST": "127.0.0.1"}
-    worker = WorkerProcess({**env, "BW_METRICS_PORT": "0"}, tmp_path / "w.log", "w-zero")
-    try:
-        worker.start()
-        port = await started_port(worker)
-        assert port > 0
-        async with workers(env, tmp_path) as (other,):  # and a second worker beside it
-            assert other.metrics_port != port
-            process = worker.process
-            assert process is not None
-            await wait_until_ready(port, lambda: process.poll() is None, 60)
-    finally:
-        worker.kill()
+    settings = settings_from({**env, "BW_METRICS_PORT": "0", "BW_WORKER_ID": "w-zero"})
+    stop = asyncio.Event()
+    with captured_logs() as lines:
+        worker = asyncio.create_task(serve(settings, {}, stop))
+        try:
+            port = await started_port(lines, worker)
+            assert port > 0
+            async with in_process_workers(env) as (other,):  # and a second worker beside it
+                assert other.metrics_port != port
+                await wait_until_ready(port, lambda: not worker.done(), 60)
+        finally:
+            stop.set()
+            await asyncio.wait_for(worker, 30)
+            gc.unfreeze()
 
 
-async def started_port(worker: WorkerProcess, timeout_s: float = 60) -> int:
+async def started_port(lines: list[str], worker: asyncio.Task[int], timeout_s: float = 60) -> int:
     """The metrics port from the worker's 'worker started' log line, once it is there."""
     async with asyncio.timeout(timeout_s):
         while True:
-            for line in worker.log().splitlines():
+            for line in lines:
                 if '"worker started"' in line:
                     port: int = json.loads(line)["metrics_port"]
                     return port
-            assert worker.process is not None and worker.process.poll() is None, worker.log()
-            await asyncio.sleep(0.1)
+            assert not worker.done(), worker
+            await asyncio.sleep(0.05)

@@ -1,9 +1,15 @@
-"""The whole pipeline through the real broker, Redis and the fake provider over HTTP:
-worker processes started as `budget-worker run`, jobs in, events out."""
+"""The whole pipeline end to end, through the real broker, Redis and the fake provider
+over HTTP: jobs in, events out.
+
+Most tests run the worker in-process (``serve()`` in a task: the same code as
+``budget-worker run``, without seconds of interpreter start and litellm import). The
+tests about processes (a SIGKILL and its redelivery, three processes in one group,
+SIGTERM's exit code) start real ``budget-worker run`` processes."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
@@ -18,21 +24,25 @@ import redis.asyncio as aioredis
 
 from tests.support import (
     Topics,
+    captured_logs,
+    in_process_workers,
     job,
     produce,
     read_all,
     spent,
+    until,
     until_assigned,
-    until_busy,
+    until_metric,
     wait_for_events,
     worker_env,
     workers,
     write_models_file,
 )
 from worker.dev.servers import EmbeddedKafka, EmbeddedRedis
+from worker.keys import user_keys
 from worker.ledger import Budget, Ledger
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(180)
 
 
 @dataclass
@@ -89,7 +99,7 @@ async def test_budgets_run_out_and_the_ledger_equals_the_charged_events(
         job("e2e-no-budget", "stranger"),
         job("e2e-expired", users[0], deadline="2020-01-01T00:00:00Z"),
     ]
-    async with workers(pipeline.env, pipeline.directory):
+    async with in_process_workers(pipeline.env):
         await produce(pipeline.kafka, pipeline.topics.jobs, [*jobs, *others])
         events = await wait_for_events(
             pipeline.kafka, pipeline.topics.results, {j["job_id"] for j in [*jobs, *others]}
@@ -118,9 +128,10 @@ async def test_rate_limited_jobs_wait_without_blocking_other_users(pipeline: Pip
     burst = [job(f"rate-{n}", "limited", max_wait_s=6) for n in range(32)]
     impatient = job("rate-impatient", "limited", max_wait_s=0)
     env = {**pipeline.env, "BW_MAX_IN_FLIGHT": "4"}
-    async with workers(env, pipeline.directory):
+    async with in_process_workers(env) as (worker,):
         await produce(pipeline.kafka, pipeline.topics.jobs, burst)
-        await asyncio.sleep(1.0)  # the burst is admitted; two jobs are now waiting
+        # The burst is admitted; the jobs past it wait.
+        await until_metric(worker, "bw_jobs_waiting_rate_limit", lambda waiting: waiting >= 1)
         await produce(pipeline.kafka, pipeline.topics.jobs, [impatient, job("rate-free", "free")])
         events = await wait_for_events(
             pipeline.kafka,
@@ -140,8 +151,8 @@ async def test_three_worker_processes_share_partitions_and_budgets(pipeline: Pip
     await pipeline.set_budgets(users, limit_nanousd=50_000)
     pipeline.fake.update_config(latency_s=0.05)
     jobs = [job(f"three-{u}-{n}", u) for u in users for n in range(8)]
-    async with workers(pipeline.env, pipeline.directory, count=3):
-        await asyncio.sleep(3)  # let the group settle on three members
+    async with workers(pipeline.env, pipeline.directory, count=3) as procs:
+        await until_assigned(procs, partitions=3)
         await produce(pipeline.kafka, pipeline.topics.jobs, jobs)
         events = await wait_for_events(
             pipeline.kafka, pipeline.topics.results, {j["job_id"] for j in jobs}
@@ -167,7 +178,7 @@ async def test_a_killed_workers_jobs_are_answered_within_20_s_charged_once(
     async with workers(env, pipeline.directory, count=3) as procs:
         await until_assigned(procs, partitions=3)
         await produce(pipeline.kafka, pipeline.topics.jobs, jobs)
-        await until_busy(procs[0])
+        await until_metric(procs[0], "bw_jobs_in_flight", lambda running: running >= 1)
         held = await until_held(pipeline.redis_url, "w0")
         procs[0].kill()
         killed_at = time.time()
@@ -177,9 +188,14 @@ async def test_a_killed_workers_jobs_are_answered_within_20_s_charged_once(
     last = max(_at(items[0]) for items in events.values())
     assert last - killed_at <= 20, f"the last job was answered {last - killed_at:.1f} s after"
     assert {items[0]["type"] for items in events.values()} == {"completion.succeeded"}
-    # The killed worker's calls in flight were made again by the others.
     # The jobs the killed worker held were redelivered and answered by the others.
     assert held and {events[job_id][0]["worker_id"] for job_id in held} <= {"w1", "w2"}
+    # The redelivery happened in the ledger too: each of those jobs was reserved again
+    # by a second holder (a survivor), which settled it; w0 never settled any of them.
+    holders = await job_holders(pipeline.redis_url, events, held)
+    for job_id, (holder, charged) in holders.items():
+        assert holder.split(":")[0] in {"w1", "w2"}, (job_id, holder)
+        assert charged == [holder], (job_id, charged)
     for user in users:
         state = await pipeline.ledger.state(user)
         assert state is not None
@@ -187,6 +203,23 @@ async def test_a_killed_workers_jobs_are_answered_within_20_s_charged_once(
         assert state.snapshot.reserved_nanousd == 0
     for items in events.values():
         assert len({e["cost_nanousd"] for e in items}) == 1
+
+
+async def job_holders(
+    redis_url: str, events: dict[str, list[dict[str, Any]]], job_ids: set[str]
+) -> dict[str, tuple[str, list[str]]]:
+    """For each job: the holder its ledger record names, and the holders it charged
+    (its per-holder charge markers ``c:<holder>``)."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        found = {}
+        for job_id in job_ids:
+            record = await client.hgetall(user_keys(events[job_id][0]["user_id"]).job(job_id))
+            charged = sorted(field[2:] for field in record if field.startswith("c:"))
+            found[job_id] = (record.get("holder", ""), charged)
+        return found
+    finally:
+        await client.aclose()
 
 
 async def until_held(redis_url: str, worker_id: str) -> set[str]:
@@ -201,7 +234,7 @@ async def until_held(redis_url: str, worker_id: str) -> set[str]:
                     held.add(key.decode().rsplit(":job:", 1)[1])
             if held:
                 return held
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
     finally:
         await client.aclose()
     raise AssertionError(f"{worker_id} never held a reservation")
@@ -225,14 +258,16 @@ async def test_redis_outage_pauses_without_model_calls_and_loses_nothing(
         model_timeout_s=2,
     )
     jobs = [job(f"outage-{n}", f"user-{n % 5}") for n in range(60)]
-    async with workers(env, tmp_path):
+    async with in_process_workers(env) as (worker,):
         await produce(kafka, topics.jobs, jobs[:20])
         await wait_for_events(kafka, topics.results, {j["job_id"] for j in jobs[:20]})
         private_redis.stop()
-        await produce(kafka, topics.jobs, jobs[20:])
-        await asyncio.sleep(0.5)
+        await until_metric(worker, "bw_redis_up", lambda up: up == 0)
         calls_at_stop = fake_provider.stats.requests_total
-        await asyncio.sleep(4)
+        await produce(kafka, topics.jobs, jobs[20:])
+        # That nothing happens needs a window: ten of the gate's retries (0.2 s each)
+        # while the jobs are on the topic and Redis is down.
+        await asyncio.sleep(2)
         assert fake_provider.stats.requests_total == calls_at_stop, "a model call without Redis"
         private_redis.start()
         events = await wait_for_events(kafka, topics.results, {j["job_id"] for j in jobs})
@@ -246,20 +281,28 @@ async def test_a_broker_restart_is_survived(pipeline: Pipeline) -> None:
     await pipeline.set_budgets(users, limit_nanousd=10_000_000_000)
     before = [job(f"before-{n}", users[0]) for n in range(5)]
     after = [job(f"after-{n}", users[0]) for n in range(5)]
-    async with workers(pipeline.env, pipeline.directory):
+    async with in_process_workers(pipeline.env):
         await produce(pipeline.kafka, pipeline.topics.jobs, before)
         await wait_for_events(
             pipeline.kafka, pipeline.topics.results, {j["job_id"] for j in before}
         )
         pipeline.kafka.restart()
-        for topic in (pipeline.topics.jobs, pipeline.topics.results, pipeline.topics.dlq):
-            pipeline.kafka.create_topic(topic, 3)
-        await asyncio.sleep(2)
+        pipeline.topics.create(pipeline.kafka, 3)
+        # The worker is back once it answers a probe sent after the restart (one at a
+        # time: a batch sent before it rejoined could sit below its old position).
+        for probe in range(120):
+            body = job(f"probe-{probe}", users[0])
+            await produce(pipeline.kafka, pipeline.topics.jobs, [body])
+            with contextlib.suppress(TimeoutError):
+                await wait_for_events(
+                    pipeline.kafka, pipeline.topics.results, {body["job_id"]}, timeout_s=1
+                )
+                break
         await produce(pipeline.kafka, pipeline.topics.jobs, after)
         events = await wait_for_events(
             pipeline.kafka, pipeline.topics.results, {j["job_id"] for j in after}, timeout_s=120
         )
-    assert {items[0]["type"] for items in events.values()} == {"completion.succeeded"}
+    assert {events[j["job_id"]][0]["type"] for j in after} == {"completion.succeeded"}
 
 
 async def test_a_provider_429_storm_ends_in_failed_events_holding_nothing(
@@ -269,7 +312,7 @@ async def test_a_provider_429_storm_ends_in_failed_events_holding_nothing(
     pipeline.fake.update_config(rate_429=1.0)
     jobs = [job(f"storm-{n}", "storm") for n in range(6)]
     env = {**pipeline.env, "BW_MODEL_MAX_RETRIES": "2"}
-    async with workers(env, pipeline.directory):
+    async with in_process_workers(env):
         await produce(pipeline.kafka, pipeline.topics.jobs, jobs)
         events = await wait_for_events(
             pipeline.kafka, pipeline.topics.results, {j["job_id"] for j in jobs}
@@ -304,7 +347,7 @@ async def test_poison_and_hostile_input_never_stop_the_loop(pipeline: Pipeline) 
         job("bad-model", "good", model="no-such-model"),
     ]
     valid = job("after-poison", "good")
-    async with workers(pipeline.env, pipeline.directory):
+    async with in_process_workers(pipeline.env):
         await produce(pipeline.kafka, pipeline.topics.jobs, [*undecodable, *invalid, valid])
         events = await wait_for_events(
             pipeline.kafka,
@@ -341,16 +384,14 @@ async def test_a_redelivered_finished_job_republishes_without_a_model_call(
 ) -> None:
     await pipeline.set_budgets(["again"], limit_nanousd=10_000_000_000)
     once = job("only-once", "again")
-    async with workers(pipeline.env, pipeline.directory):
+    async with in_process_workers(pipeline.env):
         await produce(pipeline.kafka, pipeline.topics.jobs, [once])
         await wait_for_events(pipeline.kafka, pipeline.topics.results, {"only-once"})
         calls = pipeline.fake.stats.requests_total
         await produce(pipeline.kafka, pipeline.topics.jobs, [once])
-        for _ in range(60):
-            events = await wait_for_events(pipeline.kafka, pipeline.topics.results, {"only-once"})
-            if len(events["only-once"]) == 2:
-                break
-            await asyncio.sleep(0.25)
+        events = await wait_for_events(
+            pipeline.kafka, pipeline.topics.results, {"only-once"}, each=2
+        )
     first, second = events["only-once"]
     assert pipeline.fake.stats.requests_total == calls
     assert first["type"] == second["type"] == "completion.succeeded"
@@ -365,8 +406,8 @@ async def test_sigterm_drains_and_exits_zero(pipeline: Pipeline) -> None:
     jobs = [job(f"term-{n}", "term") for n in range(4)]
     async with workers(pipeline.env, pipeline.directory) as procs:
         await produce(pipeline.kafka, pipeline.topics.jobs, jobs)
-        await asyncio.sleep(0.7)  # the jobs are mid-call
-        procs[0].signal(signal.SIGTERM)
+        await until(lambda: pipeline.fake.stats.requests_received >= 1, 60)  # mid-call
+        procs[0].send_signal(signal.SIGTERM)
         assert await procs[0].wait() == 0
     events = await wait_for_events(
         pipeline.kafka, pipeline.topics.results, {j["job_id"] for j in jobs}, timeout_s=5
@@ -376,22 +417,27 @@ async def test_sigterm_drains_and_exits_zero(pipeline: Pipeline) -> None:
     assert state is not None and state.snapshot.reserved_nanousd == 0
 
 
-async def test_prompts_are_logged_only_when_the_debug_flag_is_on(pipeline: Pipeline) -> None:
+async def test_prompts_are_logged_only_when_the_debug_flag_is_on(
+    pipeline: Pipeline, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """What the worker writes (its log lines and anything printed), quiet and loud."""
     await pipeline.set_budgets(["debug"], limit_nanousd=10_000_000_000)
     quiet = {**pipeline.env, "BW_GROUP_ID": "quiet"}
     loud = {**pipeline.env, "BW_DEBUG_LOG_PROMPTS": "true", "BW_GROUP_ID": "loud"}
     logs = {}
+    capfd.readouterr()
     for name, env, job_id in (("quiet", quiet, "debug-quiet"), ("loud", loud, "debug-loud")):
-        directory = pipeline.directory / name
-        directory.mkdir()
-        async with workers(env, directory) as procs:
-            await produce(
-                pipeline.kafka,
-                pipeline.topics.jobs,
-                [job(job_id, "debug", prompt="PROMPT-TEXT-7f3")],
-            )
-            await wait_for_events(pipeline.kafka, pipeline.topics.results, {job_id})
-            logs[name] = procs[0].log()
+        with captured_logs() as lines:
+            async with in_process_workers(env):
+                await produce(
+                    pipeline.kafka,
+                    pipeline.topics.jobs,
+                    [job(job_id, "debug", prompt="PROMPT-TEXT-7f3")],
+                )
+                await wait_for_events(pipeline.kafka, pipeline.topics.results, {job_id})
+        printed = capfd.readouterr()
+        logs[name] = "\n".join([*lines, printed.out, printed.err])
+    assert '"job_id": "debug-quiet"' in logs["quiet"], "the log was captured"
     assert "PROMPT-TEXT-7f3" not in logs["quiet"]
     assert "PROMPT-TEXT-7f3" in logs["loud"]
     assert "BW_DEBUG_LOG_PROMPTS is on" in logs["loud"]

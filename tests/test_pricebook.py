@@ -213,11 +213,6 @@ def test_every_reservation_of_the_sweep_holds_its_usages_cost() -> None:
     assert not result.bound_failures, "\n".join(result.bound_failures)
 
 
-def test_the_sweep_stays_within_its_cpu_budget() -> None:
-    # Measured at 11-14 s on the 2-core development machine; the margin is for slower ones.
-    assert sweep().cpu_s < 30
-
-
 # --- refusals ------------------------------------------------------------------------------
 
 _USAGE = TokenUsage(2000, 300, cache_read_tokens=500)

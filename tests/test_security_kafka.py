@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 import worker
 from tests.gateway import Certificates, SecureKafka, make_certificates
-from tests.support import MODEL, job, workers, write_models_file
+from tests.support import MODEL, in_process_workers, job, write_models_file
 from worker.client import JobClient, ResultWaiter
 from worker.connections import check_kafka, kafka_options
 from worker.consumer import JobConsumer
@@ -301,6 +301,7 @@ async def test_a_worker_runs_jobs_through_a_broker_that_wants_sasl_ssl_and_a_cli
         "BW_GROUP_ID": "sec-group",
         "BW_METRICS_PORT": "0",
         "BW_MODEL_TIMEOUT_S": "10",
+        "BW_KAFKA_SESSION_TIMEOUT_MS": "3000",
     }
     jobs = [job(f"sec-{n}", "alice") for n in range(3)]
     # The producing services' helpers connect the same way as the worker.
@@ -308,7 +309,7 @@ async def test_a_worker_runs_jobs_through_a_broker_that_wants_sasl_ssl_and_a_cli
         secure_kafka.bootstrap, certs, jobs_topic=topics["jobs"], results_topic=topics["results"]
     )
     async with (
-        workers(env, tmp_path),
+        in_process_workers(env),
         ResultWaiter(clients) as waiter,
         JobClient(clients) as client,
     ):

@@ -29,11 +29,11 @@ from tests.support import (
     PRICE_IN,
     PRICE_OUT,
     Topics,
+    in_process_workers,
     job,
     produce,
     wait_for_events,
     worker_env,
-    workers,
     write_models_file,
 )
 from worker import ledger as ledger_module
@@ -448,7 +448,7 @@ async def test_a_worker_pipeline_runs_under_the_acl_over_tls(
             job(f"fails-{tag}", "alice", model="broken"),
             job(f"bad-{tag}", "alice", params={"api_base": "http://evil.example"}),
         ]
-        async with workers(env, tmp_path):
+        async with in_process_workers(env):
             await produce(kafka, topics.jobs, jobs)
             events = await wait_for_events(kafka, topics.results, {j["job_id"] for j in jobs})
         outcome = {

@@ -11,7 +11,6 @@ import aiohttp
 
 from tests.support import Topics, settings_from, worker_env, write_models_file
 from worker.dev.servers import EmbeddedKafka, free_port
-from worker.metrics import Metrics
 from worker.service import freeze_start_up_objects, serve
 
 
@@ -26,17 +25,6 @@ def test_freezing_start_up_objects_hides_them_from_the_collector() -> None:
         assert len(gc.get_objects()) < tracked / 5
     finally:
         gc.unfreeze()
-
-
-def test_metrics_include_process_and_gc_collectors() -> None:
-    text = Metrics().render().decode()
-    for name in (
-        "process_cpu_seconds_total",
-        "process_resident_memory_bytes",
-        "python_gc_collections_total",
-        "bw_jobs_in_flight",
-    ):
-        assert name in text
 
 
 async def test_a_worker_whose_redis_never_answered_is_not_ready(

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer
 from typer.testing import CliRunner
 
 from tests.support import Topics as Names
-from tests.support import WorkerProcess, worker_env, workers, write_models_file
+from tests.support import WorkerProcess, in_process_workers, worker_env, write_models_file
 from worker.cli import app
 from worker.dev.servers import EmbeddedKafka, free_port
 from worker.errors import ConfigError, KafkaUnavailable
@@ -198,7 +198,7 @@ async def test_a_worker_refuses_to_start_without_its_topics_and_submit_works_aft
         await ledger.set_budget("ana", Budget(limit_nanousd=10**9))
     finally:
         await ledger.close()
-    async with workers(env, tmp_path):
+    async with in_process_workers(env):
         after = await asyncio.to_thread(CliRunner().invoke, app, submit, env=cli_env)
     assert after.exit_code == 0, after.output
     event = json.loads(after.stdout.partition("\n")[2])

@@ -32,7 +32,6 @@ def run() -> None:
 
     startup.prepare()  # before the service's modules import litellm
     from worker.metrics import check_port
-    from worker.service import serve
 
     try:
         settings = load_settings()
@@ -40,6 +39,10 @@ def run() -> None:
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    # Imported only now (it loads litellm, seconds): bad settings or a taken port are
+    # refused at once.
+    from worker.service import serve
+
     logs.configure(settings.log_level, json_lines=settings.log_json)
     try:
         code = asyncio.run(serve(settings, os.environ))

@@ -140,6 +140,8 @@ class JobConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=min(3_000, settings.kafka_session_timeout_ms // 3),
             max_partition_fetch_bytes=max(settings.max_job_bytes * 2, 1_048_576),
             fetch_max_bytes=max(settings.max_job_bytes * 4, 52_428_800),
             **kafka_options(settings),

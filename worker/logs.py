@@ -19,6 +19,9 @@ _RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime",
 
 log = logging.getLogger("budget_worker")
 
+NOISY = ("aiokafka", "LiteLLM", "litellm", "httpx", "httpcore", "openai")
+"""Libraries whose INFO lines are noise in a worker's log: logged at WARNING and up."""
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -47,7 +50,7 @@ def configure(level: str = "INFO", *, json_lines: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("aiokafka", "LiteLLM", "litellm", "httpx", "httpcore", "openai"):
+    for noisy in NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -79,6 +79,15 @@ class Settings(BaseSettings):
         ),
     )
     kafka_linger_ms: int = Field(default=0, ge=0, description="Producer batching delay.")
+    kafka_session_timeout_ms: int = Field(
+        default=10_000,
+        ge=1_000,
+        description=(
+            "How long the group waits for a silent member before it hands its partitions "
+            "to the others (heartbeats every third of it, at most 3 s). The embedded "
+            "broker also waits about half of it before a new member's first assignment."
+        ),
+    )
 
     # --- Redis -------------------------------------------------------------------
     redis_url: str = "redis://localhost:6379/0"

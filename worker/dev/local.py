@@ -27,6 +27,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from worker import topics
+from worker.dev.rig import GPT_4O_MINI, ModelSpec, models_yaml
 from worker.dev.servers import EmbeddedKafka, EmbeddedRedis, scratch_dir
 from worker.errors import ConfigError
 from worker.settings import ExplicitSettings
@@ -34,10 +35,10 @@ from worker.settings import ExplicitSettings
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _WATCH_S = 1.0  # how often the servers are checked while running
 
-# gpt-4o-mini's list prices, written out so that costs do not depend on the cost map.
-_FAKE_MODELS = (
-    ("gpt-4o-mini", "openai/gpt-4o-mini", Decimal("0.00000015"), Decimal("0.0000006")),
-    ("fake", "openai/fake-model", Decimal("0.000001"), Decimal("0.000002")),
+# Priced explicitly, so that costs do not depend on the cost map.
+FAKE_MODELS = (
+    GPT_4O_MINI,
+    ModelSpec("fake", "openai/fake-model", Decimal("0.000001"), Decimal("0.000002")),
 )
 
 
@@ -86,23 +87,6 @@ class LocalSystem:
     def exports(self) -> list[str]:
         """``export NAME=value`` lines, quoted for a POSIX shell."""
         return [f"export {name}={shlex.quote(value)}" for name, value in self.environment().items()]
-
-
-def models_yaml(api_base: str) -> str:
-    """A model list whose models the fake provider at ``api_base`` answers."""
-    lines = ["model_list:"]
-    for name, model, input_usd, output_usd in _FAKE_MODELS:
-        lines += [
-            f"  - model_name: {name}",
-            "    litellm_params:",
-            f"      model: {model}",
-            f"      api_base: {api_base}",
-            "      api_key: sk-fake-local",
-            "    model_info:",
-            f"      input_cost_per_token: {input_usd}",
-            f"      output_cost_per_token: {output_usd}",
-        ]
-    return "\n".join(lines) + "\n"
 
 
 def banner(system: LocalSystem) -> list[str]:
@@ -186,13 +170,13 @@ async def _start(
 
         config = FakeProviderConfig(
             latency_s=options.latency_ms / 1000,
-            models=tuple(model.partition("/")[2] for _, model, _, _ in _FAKE_MODELS),
+            models=tuple(spec.model.partition("/")[2] for spec in FAKE_MODELS),
         )
         fake = await start_fake_provider(config)
         stack.push_async_callback(fake.stop)
         fake_url = fake.url
         models_file = workdir / "models.yaml"
-        models_file.write_text(models_yaml(fake.url))
+        models_file.write_text(models_yaml(fake.url, FAKE_MODELS))
     system = LocalSystem(
         kafka_bootstrap=kafka.bootstrap,
         redis_url=redis.url,

@@ -25,7 +25,7 @@ its own process group and is killed, with its group, in a ``finally``: on succes
 error, on Ctrl-C and on SIGTERM.
 
 The modules: ``results`` (options and numbers), ``baseline`` (check-then-spend),
-``children`` (worker processes), ``system`` (everything the run starts), ``run`` (the
+``system`` (everything the run starts, workers through ``worker.dev.rig``), ``run`` (the
 scenario) and ``render`` (the tables).
 """
 

@@ -6,78 +6,66 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import signal
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from worker.dev.rig import ModelSpec, Topics, WorkerProcess, models_yaml, stop_all, worker_env
 from worker.dev.servers import EmbeddedKafka, EmbeddedRedis, free_port
 
 if TYPE_CHECKING:
     from worker.dev.fake_provider import FakeProviderServer
     from worker.models import ModelEntry
     from worker.provider import Provider
-from worker.dev.demo.children import Children, wait_ready
 from worker.dev.demo.results import DemoOptions, DemoProgress, DemoServers
 
 T = TypeVar("T")
 
 
 _WORKER_STOP_GRACE_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class _Topics:
-    jobs: str
-    results: str
-    dlq: str
+_WORKER_READY_TIMEOUT_S = 90.0
 
 
 def _models_yaml(options: DemoOptions, api_base: str | None) -> str:
-    lines = ["model_list:", f"  - model_name: {options.model}", "    litellm_params:"]
-    lines.append(f"      model: openai/{options.model}")
-    if api_base is None:
-        lines.append("      api_key: os.environ/OPENAI_API_KEY")
-    else:
-        lines += [f"      api_base: {api_base}", "      api_key: sk-fake-demo"]
-    if options.input_usd_per_token is not None and options.output_usd_per_token is not None:
-        lines += [
-            "    model_info:",
-            f"      input_cost_per_token: {options.input_usd_per_token}",
-            f"      output_cost_per_token: {options.output_usd_per_token}",
-        ]
-    return "\n".join(lines) + "\n"
+    spec = ModelSpec(
+        options.model,
+        f"openai/{options.model}",
+        options.input_usd_per_token,
+        options.output_usd_per_token,
+    )
+    return models_yaml(api_base, [spec], api_key="sk-fake-demo")
 
 
 def _worker_env(
     environ: Mapping[str, str],
     options: DemoOptions,
-    kafka_bootstrap: str,
+    kafka: EmbeddedKafka,
     redis_url: str,
     models_file: Path,
-    topics: _Topics,
+    topics: Topics,
     group_id: str,
 ) -> dict[str, str]:
     # The caller's own BW_ settings (an admission policy, TLS for another broker...)
     # would change the scenario: the workers get exactly the demo's.
     env = {key: value for key, value in environ.items() if not key.startswith("BW_")}
     env.update(
-        LITELLM_LOCAL_MODEL_COST_MAP="True",
-        BW_KAFKA_BOOTSTRAP=kafka_bootstrap,
-        BW_REDIS_URL=redis_url,
-        BW_MODELS_FILE=str(models_file),
-        BW_JOBS_TOPIC=topics.jobs,
-        BW_RESULTS_TOPIC=topics.results,
-        BW_DLQ_TOPIC=topics.dlq,
-        BW_GROUP_ID=group_id,
-        BW_METRICS_HOST="127.0.0.1",
-        BW_MAX_IN_FLIGHT=str(max(64, options.users * options.concurrency)),
-        BW_MODEL_TIMEOUT_S="30",
-        BW_LEASE_MS="60000",
-        BW_DRAIN_TIMEOUT_S="2",
-        BW_SHUTDOWN_GRACE_S="3",
-        BW_LOG_LEVEL="WARNING",
+        worker_env(
+            kafka,
+            redis_url,
+            models_file,
+            topics,
+            group_id=group_id,
+            metrics_host="127.0.0.1",
+            max_in_flight=max(64, options.users * options.concurrency),
+            model_timeout_s=30,
+            lease_ms=60_000,
+            drain_timeout_s=2,
+            shutdown_grace_s=3,
+            log_level="WARNING",
+        )
     )
     return env
 
@@ -88,7 +76,7 @@ class System:
 
     kafka_bootstrap: str
     redis_url: str
-    topics: _Topics
+    topics: Topics
     entry: ModelEntry
     provider: Provider
 
@@ -115,13 +103,11 @@ async def start_system(
         redis.start()
         redis_url = redis.url
         progress.step(f"Redis-compatible server on {redis_url}")
-        topics = _Topics("llm.jobs", "llm.results", "llm.jobs.dlq")
+        topics = Topics("llm.jobs", "llm.results", "llm.jobs.dlq")
     else:
         kafka, redis_url = servers.kafka, servers.redis_url
-        topics = _Topics(f"demo.jobs.{run_id}", f"llm.results.demo-{run_id}", f"demo.dlq.{run_id}")
-    kafka.create_topic(topics.jobs, partitions=max(6, 2 * options.workers))
-    kafka.create_topic(topics.results, partitions=3)
-    kafka.create_topic(topics.dlq, partitions=1)
+        topics = Topics(f"demo.jobs.{run_id}", f"llm.results.demo-{run_id}", f"demo.dlq.{run_id}")
+    topics.create(kafka, partitions=max(6, 2 * options.workers), results_partitions=3)
     progress.step(f"topics {topics.jobs}, {topics.results}, {topics.dlq}")
 
     api_base = None
@@ -138,24 +124,28 @@ async def start_system(
 
     workers = f"{options.workers} worker process" + ("es" if options.workers > 1 else "")
     progress.phase = f"starting {workers}"
-    children = Children()
-    stack.callback(children.stop, _WORKER_STOP_GRACE_S)
-    env = _worker_env(
-        environ, options, kafka.bootstrap, redis_url, models_file, topics, f"demo-{run_id}"
-    )
-    started = []
-    for index in range(options.workers):
-        port = free_port()
-        log_path = workdir / f"worker-{index + 1}.log"
-        worker_env = {**env, "BW_METRICS_PORT": str(port), "BW_WORKER_ID": f"demo-w{index + 1}"}
-        started.append((children.start(worker_env, log_path, workdir), port, log_path))
+    env = _worker_env(environ, options, kafka, redis_url, models_file, topics, f"demo-{run_id}")
+    procs = [
+        WorkerProcess(
+            {**env, "BW_METRICS_PORT": str(free_port())},
+            workdir / f"worker-{index + 1}.log",
+            f"demo-w{index + 1}",
+            inherit=False,
+            cwd=workdir,
+        )
+        for index in range(options.workers)
+    ]
+    # SIGTERM first: the workers drain and exit 0.
+    stack.callback(stop_all, procs, signal.SIGTERM, _WORKER_STOP_GRACE_S)
+    for proc in procs:
+        proc.start()
     # Loaded while the workers boot (litellm takes seconds to import); a model the cost
     # map cannot price fails here, with the model list's own message.
     entry, provider = await _in_daemon_thread(
         lambda: _model_and_provider(models_file, environ, options.model)
     )
-    for process, port, log_path in started:
-        await wait_ready(process, port, log_path)
+    for proc in procs:
+        await proc.wait_ready(_WORKER_READY_TIMEOUT_S)
     progress.step(f"{workers} ready")
     return System(kafka.bootstrap, redis_url, topics, entry, provider)
 
