@@ -25,8 +25,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Three test processes on two cores: most tests wait on servers and worker processes,
+# not on the CPU (1266 tests: 458 s in one process, 224 s in three).
+PYTEST_WORKERS ?= 3
+
 pytest: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS)
 
 format: $(STAMP)
 	$(BIN)/ruff format .
