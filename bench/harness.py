@@ -35,7 +35,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from worker.dev import rig
 from worker.dev.rig import (
     GPT_4O_MINI,
-    MODEL,
     ChildProcess,
     Topics,
     WorkerProcess,
@@ -409,14 +408,11 @@ def running_workers(
 def job_body(
     job_id: str, user_id: str, *, max_tokens: int | None = 16, prompt: str = PROMPT
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "schema_version": 1,
-        "job_id": job_id,
-        "user_id": user_id,
-        "model": MODEL,
-        "messages": [{"role": "user", "content": prompt}],
-    }
-    if max_tokens is not None:
+    """The rig's job, ``max_tokens`` left out when ``None`` (the default bound applies)."""
+    body = rig.job(job_id, user_id, prompt)
+    if max_tokens is None:
+        del body["max_tokens"]
+    else:
         body["max_tokens"] = max_tokens
     return body
 

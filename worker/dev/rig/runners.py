@@ -1,20 +1,5 @@
-"""The rig that runs budget-worker on this machine: topics, a model list, worker
-processes or in-process workers, jobs in and events out.
-
-One rig serves the project's tests, its benchmarks and the demo alike (as structlog's
-``testing`` module serves structlog's own tests and its users), so each of them starts
-a worker the same way. The servers themselves (broker, Redis) are in
-``worker.dev.servers``, the model in ``worker.dev.fake_provider``.
-
-- :class:`WorkerProcess` / :func:`workers`: ``budget-worker run`` as child processes,
-  for what is about processes (a SIGKILL, several processes in one group, exit codes).
-- :class:`InProcessWorker` / :func:`in_process_workers`: the same ``serve()`` in an
-  asyncio task of the caller's loop: no interpreter start, no litellm import, so a
-  worker is ready in a fraction of a second.
-- :func:`job`, :func:`produce`, :func:`read_all`, :func:`wait_for_events`: records in
-  and events out, from offset 0.
-
-Nothing here is imported by ``budget-worker run``.
+"""Workers of two kinds: ``budget-worker run`` child processes and ``serve()`` in a task
+of the caller's loop; waiting on their metrics and logs.
 """
 
 from __future__ import annotations
@@ -22,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import os
 import signal
@@ -30,158 +14,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from decimal import Decimal
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from worker.dev.servers import EmbeddedKafka, free_port
+from worker.dev.rig.setup import READY_TIMEOUT_S, settings_from
+from worker.dev.servers import free_port
 from worker.metrics import wait_until_ready
 from worker.settings import Settings
-
-MODEL = "gpt-4o-mini"
-PRICE_IN = "0.00000015"  # USD per prompt token (gpt-4o-mini's list price)
-PRICE_OUT = "0.0000006"  # USD per completion token
-FAKE_API_KEY = "sk-fake-local"  # what the fake provider is given; never a real key
-READY_TIMEOUT_S = 90.0
-
-
-# --- topics and the model list -------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Topics:
-    """A worker's three topics."""
-
-    jobs: str
-    results: str
-    dlq: str
-
-    @classmethod
-    def fresh(cls, kafka: EmbeddedKafka, partitions: int = 3, prefix: str = "") -> Topics:
-        """New, uniquely named topics on ``kafka`` (results under ``llm.results.``, which
-        the default ``reply_to`` pattern allows)."""
-        suffix = uuid.uuid4().hex[:10]
-        topics = cls(
-            f"{prefix}jobs.{suffix}", f"llm.results.{prefix}{suffix}", f"{prefix}dlq.{suffix}"
-        )
-        topics.create(kafka, partitions)
-        return topics
-
-    def create(
-        self, kafka: EmbeddedKafka, partitions: int = 3, results_partitions: int | None = None
-    ) -> None:
-        kafka.create_topic(self.jobs, partitions)
-        kafka.create_topic(self.results, results_partitions or partitions)
-        kafka.create_topic(self.dlq, 1)
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSpec:
-    """One entry of a model list: its name, litellm's model, and its prices per token
-    (``None``: the cost map's)."""
-
-    name: str
-    model: str
-    input_usd_per_token: Decimal | None = None
-    output_usd_per_token: Decimal | None = None
-
-
-# Priced explicitly, so that costs do not depend on the cost map.
-GPT_4O_MINI = ModelSpec(MODEL, "openai/gpt-4o-mini", Decimal(PRICE_IN), Decimal(PRICE_OUT))
-
-
-def models_yaml(
-    api_base: str | None,
-    models: Sequence[ModelSpec] = (GPT_4O_MINI,),
-    api_key: str = FAKE_API_KEY,
-) -> str:
-    """A model list. With ``api_base`` every model is served there (the fake provider)
-    with ``api_key``; without, by the real provider with ``OPENAI_API_KEY``."""
-    lines = ["model_list:"]
-    for spec in models:
-        lines += [
-            f"  - model_name: {spec.name}",
-            "    litellm_params:",
-            f"      model: {spec.model}",
-        ]
-        if api_base is None:
-            lines.append("      api_key: os.environ/OPENAI_API_KEY")
-        else:
-            lines += [f"      api_base: {api_base}", f"      api_key: {api_key}"]
-        if spec.input_usd_per_token is not None and spec.output_usd_per_token is not None:
-            lines += [
-                "    model_info:",
-                f"      input_cost_per_token: {spec.input_usd_per_token}",
-                f"      output_cost_per_token: {spec.output_usd_per_token}",
-            ]
-    return "\n".join(lines) + "\n"
-
-
-def write_models_file(
-    directory: Path,
-    api_base: str | None,
-    models: Sequence[ModelSpec] = (GPT_4O_MINI,),
-    api_key: str = FAKE_API_KEY,
-) -> Path:
-    """``models_yaml`` in a new file of ``directory``."""
-    path = directory / f"models-{uuid.uuid4().hex[:8]}.yaml"
-    path.write_text(models_yaml(api_base, models, api_key))
-    return path
-
-
-# Short timeouts, so that a test's worker drains, retries and notices an outage in
-# fractions of a second (``worker_env(..., **FAST)``).
-FAST: dict[str, Any] = {
-    "reply_to_pattern": r"^llm\.results(\.[A-Za-z0-9_-]{1,100})?$",
-    "drain_timeout_s": 2,
-    "shutdown_grace_s": 5,
-    "model_timeout_s": 10,
-    "retry_backoff_s": 0.05,
-    "retry_backoff_max_s": 0.2,
-    "redis_retry_s": 0.2,
-    "redis_timeout_s": 0.5,
-    "log_level": "INFO",
-    # The embedded broker delays a new member's first assignment by about half of
-    # it: 1.5 s instead of 5.
-    "kafka_session_timeout_ms": 3_000,
-}
-
-
-def worker_env(
-    kafka: EmbeddedKafka | str, redis_url: str, models_file: Path, topics: Topics, **settings: Any
-) -> dict[str, str]:
-    """The ``BW_`` variables of a worker on these servers and topics; ``settings`` as
-    field names (``max_in_flight=100`` is ``BW_MAX_IN_FLIGHT=100``)."""
-    env = {
-        "BW_KAFKA_BOOTSTRAP": bootstrap_of(kafka),
-        "BW_REDIS_URL": redis_url,
-        "BW_MODELS_FILE": str(models_file),
-        "BW_JOBS_TOPIC": topics.jobs,
-        "BW_RESULTS_TOPIC": topics.results,
-        "BW_DLQ_TOPIC": topics.dlq,
-        "BW_GROUP_ID": f"group-{topics.jobs}",
-    }
-    env.update({f"BW_{key.upper()}": str(value) for key, value in settings.items()})
-    return env
-
-
-def bootstrap_of(kafka: EmbeddedKafka | str) -> str:
-    return kafka if isinstance(kafka, str) else kafka.bootstrap
-
-
-def settings_from(env: Mapping[str, str]) -> Settings:
-    """The settings a worker reads from ``env`` (its ``BW_`` variables only: neither the
-    caller's environment nor a ``.env`` file)."""
-    values: dict[str, Any] = {
-        key[3:].lower(): value for key, value in env.items() if key.startswith("BW_")
-    }
-    return Settings(_env_file=None, **values)
-
 
 # --- workers ---------------------------------------------------------------------------------
 
@@ -496,96 +337,3 @@ async def until_metric(
             raise AssertionError(f"{name} of {worker.worker_id} still {value} after {timeout_s} s")
         await asyncio.sleep(0.05)
     return value
-
-
-# --- jobs in, events out -----------------------------------------------------------------------
-
-
-def job(
-    job_id: str, user_id: str, prompt: str = "Hey, how's it going?", **fields: Any
-) -> dict[str, Any]:
-    """A job's JSON body for ``MODEL`` (``max_tokens`` 16 unless given)."""
-    body: dict[str, Any] = {
-        "schema_version": 1,
-        "job_id": job_id,
-        "user_id": user_id,
-        "model": MODEL,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": 16,
-    }
-    body.update(fields)
-    return body
-
-
-async def produce(
-    kafka: EmbeddedKafka | str,
-    topic: str,
-    records: Iterable[dict[str, Any] | tuple[bytes | None, bytes]],
-) -> None:
-    """Send job bodies (keyed by user id) or raw ``(key, value)`` records, and wait
-    for the broker's acknowledgement of each."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_of(kafka), linger_ms=5, max_request_size=16_000_000
-    )
-    await producer.start()
-    try:
-        futures = []
-        for record in records:
-            if isinstance(record, dict):
-                key, value = record["user_id"].encode(), json.dumps(record).encode()
-            else:
-                key, value = record
-            futures.append(await producer.send(topic, value, key=key))
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
-async def read_all(kafka: EmbeddedKafka | str, topic: str, *, timeout_s: float = 2.0) -> list[Any]:
-    """Every record of ``topic`` from offset 0, once none arrived for ``timeout_s`` (a
-    rescan: complete even where a live tailing consumer on this broker once missed a
-    record)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_of(kafka), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        records: list[Any] = []
-        idle_until = time.monotonic() + timeout_s
-        while time.monotonic() < idle_until:
-            batch = await consumer.getmany(timeout_ms=100)
-            for items in batch.values():
-                records.extend(items)
-                idle_until = time.monotonic() + timeout_s
-        return records
-    finally:
-        await consumer.stop()
-
-
-async def wait_for_events(
-    kafka: EmbeddedKafka | str,
-    topic: str,
-    job_ids: set[str],
-    timeout_s: float = 60,
-    *,
-    each: int = 1,
-) -> dict[str, list[dict[str, Any]]]:
-    """Events by job id (in topic order), once every id in ``job_ids`` has at least
-    ``each``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        events: dict[str, list[dict[str, Any]]] = {}
-        for record in await read_all(kafka, topic, timeout_s=0.3):
-            event = json.loads(record.value)
-            events.setdefault(event["job_id"], []).append(event)
-        missing = {job_id for job_id in job_ids if len(events.get(job_id, ())) < each}
-        if not missing:
-            return events
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{len(missing)} jobs without an event, e.g. {sorted(missing)[:5]}")
-        await asyncio.sleep(0.2)
