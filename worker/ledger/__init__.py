@@ -15,7 +15,7 @@ nothing. The design, its invariant and its key layout are in ``docs/ledger.md``.
 
 from worker.ledger.book import Ledger
 from worker.ledger.connection import RedisClient
-from worker.ledger.scopes import JobsInFlight
+from worker.ledger.membership import JobsInFlight
 from worker.ledger.types import (
     MAX_AMOUNT_NANOUSD,
     MAX_RATE,

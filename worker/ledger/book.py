@@ -20,7 +20,9 @@ from schemas.money import usd_to_nanousd
 from worker import keys
 from worker.errors import LedgerError
 from worker.ledger.connection import Connection, RedisClient, client_from_url, translate
-from worker.ledger.scopes import ScopeOps, opt, snapshot, text, utf8
+from worker.ledger.credits import CreditOps
+from worker.ledger.membership import MembershipOps
+from worker.ledger.scopes import opt, snapshot, text, utf8
 from worker.ledger.types import (
     MAX_AMOUNT_NANOUSD,
     MAX_LEASE_MS,
@@ -40,7 +42,7 @@ from worker.ledger.types import (
 from worker.settings import Settings
 
 
-class Ledger(ScopeOps):
+class Ledger(MembershipOps, CreditOps):
     """Budgets, reservations, rate limits and credits of every scope, over one Redis.
 
     ``charge_ttl_s`` is how long a final job record (the charge marker that stops a

@@ -1,5 +1,6 @@
-"""The ledger's administrative steps: limits of every scope, membership, credits, and
-where each user lives. Mixed into :class:`worker.ledger.Ledger`.
+"""The ledger's administrative steps: where each user lives, and the limits of every
+scope. Mixed into :class:`worker.ledger.Ledger`, with membership
+(``worker.ledger.membership``) and credits (``worker.ledger.credits``).
 
 Membership is ledger data set here, never by a job: a user's team is a field of its
 record, a team's organisation an entry of the directory, fixed when the team is
@@ -13,21 +14,17 @@ against in any case, and a move must not strand their money (``JobsInFlight``).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from worker import keys
-from worker.errors import BudgetWorkerError, LedgerError, LedgerUnavailable
+from worker.errors import LedgerError, LedgerUnavailable
 from worker.ledger.connection import Connection
 from worker.ledger.types import (
-    MAX_AMOUNT_NANOUSD,
     PERIODS,
     Budget,
     BudgetState,
-    Entry,
-    Grant,
     Page,
     PeriodSnapshot,
     Scope,
@@ -38,13 +35,6 @@ from worker.ledger.types import (
 MOVING_RETRY_S = 0.05
 MOVING_WAIT_S = 15.0
 _INDEX = {"user": keys.USERS_INDEX, "team": keys.TEAMS_INDEX, "org": keys.ORGS_INDEX}
-
-
-class JobsInFlight(BudgetWorkerError):
-    """A user cannot move to another slot while it holds reservations; try again when
-    its jobs have ended."""
-
-    retryable = True
 
 
 def utf8(value: str) -> bytes:
@@ -81,7 +71,7 @@ def as_scope(scope: Scope | str) -> Scope:
     return scope if isinstance(scope, Scope) else Scope("user", scope)
 
 
-def _pairs(reply: Any) -> list[tuple[bytes, bytes]]:
+def pairs(reply: Any) -> list[tuple[bytes, bytes]]:
     """A hash reply as (field, value) pairs: redis-py answers HGETALL and HSCAN with a
     dict on some clients and protocol versions and a flat list on others."""
     if isinstance(reply, dict):
@@ -313,7 +303,7 @@ class ScopeOps:
         next_cursor, flat = await self.conn.command(
             "HSCAN", index, cursor or "0", "COUNT", str(count)
         )
-        names = sorted(text(name) for _, name in _pairs(flat))
+        names = sorted(text(name) for _, name in pairs(flat))
         following = text(next_cursor) if isinstance(next_cursor, bytes) else str(next_cursor)
         return Page(items=names, cursor=None if following == "0" else following)
 
@@ -334,176 +324,3 @@ class ScopeOps:
         )
         await self.conn.command("HDEL", _INDEX[scope.kind], keys.encode_id(scope.id))
         return existed
-
-    # -- membership --------------------------------------------------------------------
-
-    async def create_team(self, team_id: str, org_id: str) -> None:
-        """Create ``team_id`` in organisation ``org_id`` (idempotent). A team's
-        organisation is fixed: it is where its members' keys live."""
-        check_id("team_id", team_id)
-        check_id("org_id", org_id)
-        org_token = keys.encode_id(org_id)
-        field = "t:" + keys.encode_id(team_id)
-        await self.conn.command("HSETNX", keys.DIRECTORY, field, org_token)
-        placed = await self._team_org(team_id)
-        if placed != org_token:
-            raise ValueError(
-                f"team {team_id!r} belongs to another organisation; a team cannot move"
-            )
-        await self._index(Scope("org", org_id))
-        await self._index(Scope("team", team_id))
-        for scope in (Scope("org", org_id), Scope("team", team_id)):
-            if await self.state(scope) is None:
-                await self.set_budget(scope, Budget(None, "none"))
-
-    async def set_membership(
-        self, user_id: str, *, team: str | None = None, org: str | None = None
-    ) -> None:
-        """Put a user in ``team`` (and so its organisation), directly in ``org``, or in
-        neither. Within one organisation this is one step; between slots the user
-        moves (refused with :class:`JobsInFlight` while it holds reservations)."""
-        check_id("user_id", user_id)
-        if team is not None:
-            org_token = await self._team_org(team)
-            if org_token is None:
-                raise ValueError(f"team {team!r} does not exist: create_team first")
-            target = keys.org_slot(org_token)
-        elif org is not None:
-            await self._index(Scope("org", org))
-            target = keys.org_slot(keys.encode_id(org))
-        else:
-            target = keys.own_slot(user_id)
-        team_token = keys.encode_id(team) if team is not None else ""
-        await self._index(Scope("user", user_id))
-        current = await self.slot_of(user_id)
-        if current != target:
-            current = await self._move(user_id, current, target)
-        args = [*self._args(target, target.user(user_id)), utf8(user_id), team_token]
-        if not await self.conn.run("set_team", [target.leases], args):
-            raise LedgerError(f"team {team!r} has no record in its organisation's slot")
-        await self._place(user_id, target)
-
-    async def _place(self, user_id: str, slot: keys.Slot) -> None:
-        token = keys.encode_id(user_id)
-        if slot.is_org:
-            await self.conn.command("HSET", keys.DIRECTORY, "u:" + token, slot.tag[2:])
-        else:
-            await self.conn.command("HDEL", keys.DIRECTORY, "u:" + token)
-        self._remember(token, slot)
-
-    async def _move(self, user_id: str, source: keys.Slot, target: keys.Slot) -> keys.Slot:
-        """Move a user's limits, current spend, per-model limits and credits from
-        ``source`` to ``target``; idempotent, so a move cut short is finished by the
-        next."""
-        out = await self.conn.run(
-            "move_out", [source.leases], self._args(source, source.user(user_id))
-        )
-        kind = out[0]
-        if kind == 0:
-            raise JobsInFlight(
-                f"user {user_id!r} holds {int(out[1])} reservation(s): it can move to another "
-                "organisation once its jobs have ended"
-            )
-        if kind == 2:  # moved already (a stale directory): go on from where it is
-            moved = keys.Slot(text(out[1]))
-            await self._place(user_id, moved)
-            return moved if moved == target else await self._move(user_id, moved, target)
-        if kind == 1:
-            data = text(out[1])
-            json.loads(data)  # fail here, not inside a script, on a malformed answer
-            args = [*self._args(target, target.user(user_id)), data.encode(), b"", source.tag]
-            await self.conn.run("move_in", [target.leases], args)
-            await self._place(user_id, target)
-            done = [*self._args(source, source.user(user_id)), target.tag]
-            await self.conn.run("move_done", [source.leases], done)
-        return target
-
-    # -- credits -----------------------------------------------------------------------
-
-    async def grant(self, scope: Scope | str, grant: Grant) -> tuple[bool, Grant]:
-        """Add prepaid credit to a scope, once per grant id: ``(created, the grant as
-        stored)`` (a grant id used before answers the stored grant and changes nothing)."""
-        scope = as_scope(scope)
-        slot, prefix = await self._locate(scope)
-        args = [
-            *self._args(slot, prefix),
-            grant.id,
-            str(grant.amount_nanousd),
-            str(grant.priority),
-            str(grant.effective_ms),
-            "-1" if grant.expires_ms is None else str(grant.expires_ms),
-        ]
-        reply = await self.conn.run("grant", [slot.leases], args)
-        if reply[0] == 3:
-            raise ValueError(f"{scope} has no budget record: set its budget first")
-        if reply[0] == 2:
-            raise ValueError(f"{scope} holds the most grants a scope may (100 active)")
-        remaining, amount, priority, effective, expires = (int(v) for v in reply[1:6])
-        stored = Grant(
-            id=grant.id,
-            amount_nanousd=amount,
-            priority=priority,
-            effective_ms=effective,
-            expires_ms=None if expires < 0 else expires,
-            remaining_nanousd=remaining,
-        )
-        return bool(reply[0] == 1), stored
-
-    async def adjust(
-        self, scope: Scope | str, adjustment_id: str, amount_nanousd: int, note: str = ""
-    ) -> int:
-        """Change a scope's credits by hand, once per id; what was applied (a negative
-        adjustment takes at most what the credits hold)."""
-        scope = as_scope(scope)
-        check_id("adjustment id", adjustment_id)
-        check_int("amount_nanousd", abs(amount_nanousd), 1, MAX_AMOUNT_NANOUSD)
-        slot, prefix = await self._locate(scope)
-        args = [*self._args(slot, prefix), adjustment_id, str(amount_nanousd), utf8(note[:500])]
-        reply = await self.conn.run("adjust", [slot.leases], args)
-        if reply[0] == 3:
-            raise ValueError(f"{scope} has no budget record: set its budget first")
-        return int(reply[1])
-
-    async def grants(self, scope: Scope | str) -> list[Grant]:
-        """Every grant of the scope, as stored (spent ones included)."""
-        scope = as_scope(scope)
-        _, prefix = await self._locate(scope)
-        stored = _pairs(await self.conn.command("HGETALL", prefix + "grants"))
-        found = []
-        for gid, value in stored:
-            remaining, amount, priority, effective, expires = (int(v) for v in value.split())
-            found.append(
-                Grant(
-                    id=text(gid),
-                    amount_nanousd=amount,
-                    priority=priority,
-                    effective_ms=effective,
-                    expires_ms=None if expires < 0 else expires,
-                    remaining_nanousd=remaining,
-                )
-            )
-        return sorted(found, key=lambda g: (g.priority, g.expires_ms or 2**62, g.id))
-
-    async def history(self, scope: Scope | str, start: int = 0, count: int = 100) -> list[Entry]:
-        """The scope's credit entries, oldest first, from ``start``."""
-        scope = as_scope(scope)
-        check_int("start", start, 0, 2**40)
-        check_int("count", count, 1, 1000)
-        _, prefix = await self._locate(scope)
-        raw = await self.conn.command(
-            "LRANGE", prefix + "entries", str(start), str(start + count - 1)
-        )
-        entries = []
-        for item in raw:
-            data = json.loads(item)
-            entries.append(
-                Entry(
-                    id=data["id"],
-                    kind=data["kind"],
-                    amount_nanousd=int(data["amount"]),
-                    grant=data["grant"],
-                    at_ms=int(data["at"]),
-                    note=data.get("note", ""),
-                )
-            )
-        return entries
