@@ -17,7 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from worker import ledger
-from worker.admin import bodies
+from worker.admin import bodies, reads
 from worker.admin.problems import JSON, ApiError, invalid
 
 T = TypeVar("T")
@@ -25,8 +25,7 @@ M = TypeVar("M", bound=BaseModel)
 
 LEDGER: web.AppKey[ledger.Ledger] = web.AppKey("ledger", ledger.Ledger)
 MAX_PAGE = 1000
-_KIND = "{kind:users|teams|orgs}"
-_SCOPE = f"/v1/scopes/{_KIND}/{{name}}"
+_SCOPE = "/v1/scopes/{kind}/{name}"
 _CURSOR = re.compile(r"[0-9]{1,20}")
 
 routes = web.RouteTableDef()
@@ -50,7 +49,10 @@ def _name(request: web.Request, part: str = "name") -> str:
 
 
 def _scope(request: web.Request) -> ledger.Scope:
-    return ledger.Scope(bodies.KINDS[request.match_info["kind"]], _name(request))
+    kind = bodies.KINDS.get(request.match_info["kind"])
+    if kind is None:
+        raise ApiError(422, "invalid", f"must be one of {sorted(bodies.KINDS)}", "path.kind")
+    return ledger.Scope(kind, _name(request))
 
 
 async def _body(request: web.Request, model: type[M]) -> M:
@@ -115,7 +117,7 @@ async def list_scopes(request: web.Request) -> web.Response:
     if cursor is not None and not _CURSOR.fullmatch(cursor):
         raise ApiError(422, "invalid", "is not a cursor this API gave", "query.cursor")
     limit = _int_query(request, "limit", 100, 1, MAX_PAGE)
-    page = await _book(request).list_scopes(bodies.KINDS[kind], cursor, limit)
+    page = await reads.scope_page(_book(request), bodies.KINDS[kind], cursor, limit)
     return _json(
         {"kind": kind, "items": [{"name": n} for n in page.items], "next_cursor": page.cursor}
     )
@@ -211,7 +213,7 @@ async def leave(request: web.Request) -> web.Response:
 async def list_grants(request: web.Request) -> web.Response:
     book, scope = _book(request), _scope(request)
     await _existing(book, scope)
-    grants = await _step(book.grants(scope))
+    grants = await _step(reads.scope_grants(book, scope))
     return _json({"items": [bodies.grant_json(g) for g in grants]})
 
 
