@@ -156,7 +156,13 @@ async def test_a_bad_grant_is_422_naming_the_field(
 
 @pytest.mark.parametrize(
     ("query", "field"),
-    [("kind=planets", "query.kind"), ("limit=0", "query.limit"), ("cursor=x", "query.cursor")],
+    [
+        ("kind=planets", "query.kind"),
+        ("limit=0", "query.limit"),
+        ("limit=1001", "query.limit"),
+        ("cursor=x", "query.cursor"),
+        (f"cursor={2**64}", "query.cursor"),
+    ],
 )
 async def test_a_bad_listing_query_is_422_naming_the_parameter(
     api: TestClient[Any, Any], query: str, field: str

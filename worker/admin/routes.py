@@ -114,7 +114,7 @@ async def list_scopes(request: web.Request) -> web.Response:
     if kind not in bodies.KINDS:
         raise ApiError(422, "invalid", f"must be one of {sorted(bodies.KINDS)}", "query.kind")
     cursor = request.query.get("cursor") or None
-    if cursor is not None and not _CURSOR.fullmatch(cursor):
+    if cursor is not None and not (_CURSOR.fullmatch(cursor) and int(cursor) < 2**64):
         raise ApiError(422, "invalid", "is not a cursor this API gave", "query.cursor")
     limit = _int_query(request, "limit", 100, 1, MAX_PAGE)
     page = await reads.scope_page(_book(request), bodies.KINDS[kind], cursor, limit)
@@ -195,8 +195,12 @@ async def set_membership(request: web.Request) -> web.Response:
     """Put the user in a team (and its org), directly in an org, or in neither ({})."""
     user = _name(request)
     body = await _body(request, bodies.MembershipBody)
-    await _step(_book(request).set_membership(user, team=body.team, org=body.org))
-    return _json({"user": user, "team": body.team, "org": body.org})
+    book = _book(request)
+    await _step(book.set_membership(user, team=body.team, org=body.org))
+    # A team's organisation is the ledger's to say; a user without a budget has no state.
+    state = await book.state(ledger.Scope("user", user))
+    team, org = (body.team, body.org) if state is None else (state.team, state.org)
+    return _json({"user": user, "team": team, "org": org})
 
 
 @routes.delete("/v1/scopes/users/{name}/membership")
