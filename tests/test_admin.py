@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -172,6 +173,13 @@ async def test_a_bad_listing_query_is_422_naming_the_parameter(
     assert error_of(data) == ("invalid", field)
 
 
+@pytest.mark.parametrize("name", ["a%0Ab", "x" * 257, "%E2%80%A8"])
+async def test_a_name_a_job_could_not_carry_is_422(api: TestClient[Any, Any], name: str) -> None:
+    status, data = await call(api, "PUT", f"/v1/scopes/users/{name}/budget", {"limit_nanousd": 1})
+    assert status == 422
+    assert error_of(data) == ("invalid", "path.name")
+
+
 async def test_an_unknown_scope_kind_is_422_naming_it(api: TestClient[Any, Any]) -> None:
     status, data = await call(api, "GET", "/v1/scopes/planets/mars")
     assert status == 422
@@ -203,14 +211,16 @@ async def test_a_scope_without_a_budget_is_404(api: TestClient[Any, Any]) -> Non
     assert error_of(data) == ("no_budget", "path.name")
 
 
-async def test_a_name_with_a_slash_is_one_path_segment(
-    api: TestClient[Any, Any], book: ledger.Ledger
+@pytest.mark.parametrize("name", ["team/bob:1", "{u:x}", "a b%c", "ünï ✓", "a?b#c"])
+async def test_any_name_is_one_percent_encoded_path_segment(
+    api: TestClient[Any, Any], book: ledger.Ledger, name: str
 ) -> None:
-    status, _ = await call(
-        api, "PUT", "/v1/scopes/users/team%2Fbob%3A1/budget", {"limit_nanousd": 7}
-    )
+    path = f"/v1/scopes/users/{quote(name, safe='')}"
+    status, _ = await call(api, "PUT", path + "/budget", {"limit_nanousd": 7})
     assert status == 200
-    assert await book.get_budget("team/bob:1") == ledger.Budget(7)
+    assert await book.get_budget(name) == ledger.Budget(7)
+    status, data = await call(api, "GET", path)
+    assert (status, data["scope"]["name"]) == (200, name)
 
 
 async def test_delete_budget_then_it_is_gone(
@@ -544,7 +554,8 @@ def test_the_server_matches_its_openapi_document(admin_process: str) -> None:
             "5",
             "--checks",
             "not_a_server_error,status_code_conformance,content_type_conformance,"
-            "response_schema_conformance",
+            "response_schema_conformance,negative_data_rejection,use_after_free,"
+            "ensure_resource_availability",
             "--no-color",
         ],
         capture_output=True,

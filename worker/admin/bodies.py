@@ -11,8 +11,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator
 
+from schemas.jobs import UserId
 from worker import ledger
 from worker.ledger.types import MAX_TIME_MS, MAX_WINDOW_S
 
@@ -20,14 +21,16 @@ KINDS: dict[str, ledger.types.ScopeKind] = {"users": "user", "teams": "team", "o
 """A scope kind as it is spelled in URLs, and as the ledger spells it."""
 PLURAL = {kind: plural for plural, kind in KINDS.items()}
 
-MAX_NAME_CHARS = 256
 MAX_NOTE_CHARS = 500
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Amount = Annotated[int, Field(ge=0, le=ledger.MAX_AMOUNT_NANOUSD, strict=True)]
 Rate = Annotated[int, Field(ge=1, le=ledger.MAX_RATE, strict=True)]
 EntryId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[!-~]+$")]
-Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+Name = UserId
+"""A user's, team's or organisation's id: what a job may carry as ``user_id`` (1-256
+characters of printable text), so that every scope the API creates can be reached."""
+NAME = TypeAdapter(Name)
 
 
 class _Body(BaseModel):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -30,6 +31,7 @@ from worker.ledger.connection import Connection
 
 HEADER = "Idempotency-Key"
 MAX_KEY_CHARS = 255
+_KEY = re.compile(f"[!-~]{{1,{MAX_KEY_CHARS}}}")
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _FIELD = "header." + HEADER
 
@@ -116,9 +118,9 @@ def idempotent_writes(store: IdempotencyStore) -> Middleware:
         key = request.headers.get(HEADER)
         if key is None or request.method not in _WRITES:
             return await handler(request)
-        if not key or len(key) > MAX_KEY_CHARS or not key.isprintable():
+        if not _KEY.fullmatch(key):
             raise ApiError(
-                422, "invalid", f"must be 1-{MAX_KEY_CHARS} printable characters", _FIELD
+                422, "invalid", f"must be 1-{MAX_KEY_CHARS} printable ASCII characters", _FIELD
             )
         body = await request.read()  # 413 past the size limit, before any claim
         print_ = fingerprint(request.method, request.raw_path, body)

@@ -59,7 +59,7 @@ def invalid(exc: ValidationError, prefix: str = "") -> ApiError:
     first = exc.errors(include_url=False, include_input=False)[0]
     field = ".".join(str(part) for part in first["loc"]) or None
     if prefix:
-        field = prefix + field if field else prefix.rstrip(".")
+        field = f"{prefix}.{field}" if field else prefix
     message = first["msg"].removeprefix("Value error, ")
     return ApiError(422, "invalid", message, field)
 

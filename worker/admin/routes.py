@@ -25,7 +25,9 @@ M = TypeVar("M", bound=BaseModel)
 
 LEDGER: web.AppKey[ledger.Ledger] = web.AppKey("ledger", ledger.Ledger)
 MAX_PAGE = 1000
-_SCOPE = "/v1/scopes/{kind}/{name}"
+# Any text but "/" (aiohttp's default pattern also refuses braces, which ids may hold).
+_NAME = "{name:[^/]+}"
+_SCOPE = "/v1/scopes/{kind:[^/]+}/" + _NAME
 _CURSOR = re.compile(r"[0-9]{1,20}")
 
 routes = web.RouteTableDef()
@@ -40,12 +42,10 @@ def _book(request: web.Request) -> ledger.Ledger:
 
 
 def _name(request: web.Request, part: str = "name") -> str:
-    value = request.match_info[part]
-    if len(value) > bodies.MAX_NAME_CHARS:
-        raise ApiError(
-            422, "invalid", f"must be at most {bodies.MAX_NAME_CHARS} characters", f"path.{part}"
-        )
-    return value
+    try:
+        return bodies.NAME.validate_python(request.match_info[part])
+    except ValidationError as exc:
+        raise invalid(exc, f"path.{part}") from None
 
 
 def _scope(request: web.Request) -> ledger.Scope:
@@ -156,7 +156,7 @@ async def reset_spend(request: web.Request) -> web.Response:
     return _json({"scope": bodies.scope_json(scope), "reset": True})
 
 
-@routes.put("/v1/scopes/users/{name}/models/{model}/budget")
+@routes.put(f"/v1/scopes/users/{_NAME}/models/{{model:[^/]+}}/budget")
 async def set_model_budget(request: web.Request) -> web.Response:
     user, model = _name(request), _name(request, "model")
     body = await _body(request, bodies.BudgetBody)
@@ -174,7 +174,7 @@ async def set_model_budget(request: web.Request) -> web.Response:
 # --- membership -------------------------------------------------------------------------
 
 
-@routes.put("/v1/scopes/teams/{name}")
+@routes.put("/v1/scopes/teams/" + _NAME)
 async def create_team(request: web.Request) -> web.Response:
     """Create a team in its organisation (idempotent; a team never changes org)."""
     team = _name(request)
@@ -183,14 +183,14 @@ async def create_team(request: web.Request) -> web.Response:
     return _json({"scope": {"kind": "teams", "name": team}, "org": body.org})
 
 
-@routes.get("/v1/scopes/users/{name}/membership")
+@routes.get(f"/v1/scopes/users/{_NAME}/membership")
 async def show_membership(request: web.Request) -> web.Response:
     user = _name(request)
     state = await _existing(_book(request), ledger.Scope("user", user))
     return _json({"user": user, "team": state.team, "org": state.org})
 
 
-@routes.put("/v1/scopes/users/{name}/membership")
+@routes.put(f"/v1/scopes/users/{_NAME}/membership")
 async def set_membership(request: web.Request) -> web.Response:
     """Put the user in a team (and its org), directly in an org, or in neither ({})."""
     user = _name(request)
@@ -203,7 +203,7 @@ async def set_membership(request: web.Request) -> web.Response:
     return _json({"user": user, "team": team, "org": org})
 
 
-@routes.delete("/v1/scopes/users/{name}/membership")
+@routes.delete(f"/v1/scopes/users/{_NAME}/membership")
 async def leave(request: web.Request) -> web.Response:
     """Take the user out of its team and org (its budget goes with it)."""
     await _step(_book(request).set_membership(_name(request)))
