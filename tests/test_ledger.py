@@ -21,12 +21,12 @@ from worker.dev.servers import EmbeddedRedis
 from worker.errors import LedgerError, LedgerUnavailable
 from worker.ledger import (
     Budget,
-    PeriodSnapshot,
     Busy,
     Finished,
     LeaseRef,
     Ledger,
     NoBudget,
+    PeriodSnapshot,
     Refused,
     Reserved,
     ReserveResult,
@@ -554,7 +554,7 @@ def _instants() -> list[int]:
 
 
 def test_calendar_periods_in_lua_match_pythons_calendar(redis_url: str) -> None:
-    prelude = resources.files("worker").joinpath("lua", "common.lua").read_text("utf-8")
+    prelude = resources.files("worker.ledger").joinpath("lua", "common.lua").read_text("utf-8")
     body = """
 local out = {}
 for i = 5, #ARGV do
@@ -579,7 +579,7 @@ return out
 
 
 def test_rolling_windows_in_lua_count_from_the_start(redis_url: str) -> None:
-    prelude = resources.files("worker").joinpath("lua", "common.lua").read_text("utf-8")
+    prelude = resources.files("worker.ledger").joinpath("lua", "common.lua").read_text("utf-8")
     body = "local id, finish = period_of('rolling', tonumber(ARGV[4]), 1000, 60)\n"
     body += "return {id, finish}"
     client = redis.Redis.from_url(redis_url)

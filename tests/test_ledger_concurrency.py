@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from worker.ledger import Budget, PeriodSnapshot, Ledger
+from worker.ledger import Budget, Ledger, PeriodSnapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 PROCESSES = 4

@@ -28,11 +28,11 @@ from hypothesis.stateful import (
 
 from worker.ledger import (
     Budget,
-    PeriodSnapshot,
     Busy,
     Finished,
     Ledger,
     NoBudget,
+    PeriodSnapshot,
     Refused,
     Reserved,
     ReserveResult,

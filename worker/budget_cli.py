@@ -80,6 +80,11 @@ def format_usd(nanousd: int) -> str:
     return f"${usd:f}"
 
 
+def format_limit(nanousd: int | None) -> str:
+    """A USD limit, or ``no USD limit`` for a scope that caps rates or credits only."""
+    return "no USD limit" if nanousd is None else format_usd(nanousd)
+
+
 def rfc3339(ms: int | None) -> str | None:
     """A time in ms since the epoch as RFC 3339 UTC (``2025-01-02T00:00:00Z``)."""
     if ms is None:
@@ -315,7 +320,7 @@ def set_budget(
 
     budget = _ledger_call(redis_url, run)
     typer.echo(
-        f"budget of {user!r} set: {format_usd(budget.limit_nanousd)} {_period_words(budget)}"
+        f"budget of {user!r} set: {format_limit(budget.limit_nanousd)} {_period_words(budget)}"
         + _rates(budget)
     )
 

@@ -285,7 +285,7 @@ def _record(state: ledger.BudgetState) -> dict[str, Any]:
     ``create_budget`` reports it."""
     budget = state.budget
     record: dict[str, Any] = {
-        "total_budget": _usd(budget.limit_nanousd),
+        "total_budget": _usd(budget.limit_nanousd or 0),
         "current_cost": _spent_usd(state.snapshot.spent_nanousd),
         "model_cost": {m: _usd(n) for m, n in state.model_spend_nanousd.items()},
     }
@@ -530,7 +530,7 @@ class AsyncBudgetManager:
         return await self.record(user)
 
     async def get_total_budget(self, user: str) -> float:
-        total = _usd((await self._state(user)).budget.limit_nanousd)
+        total = _usd((await self._state(user)).budget.limit_nanousd or 0)
         _check(self, user)
         return total
 

@@ -13,7 +13,7 @@ way, asks to try again in a moment.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from schemas.money import usd_to_nanousd
@@ -49,7 +49,8 @@ class Ledger(ScopeOps):
     (a job record is kept at least as long as its outcome). ``default_budget`` is given
     to a user with no budget on their first reserve. ``max_in_flight`` bounds
     concurrent calls (the cluster client raises instead of waiting when a node's
-    connections run out).
+    connections run out). ``clock_ms`` replaces Redis's clock with the caller's, for
+    tests that move time (grant expiry); the worker never sets it.
     """
 
     def __init__(
@@ -61,6 +62,7 @@ class Ledger(ScopeOps):
         default_budget: Budget | None = None,
         max_in_flight: int | None = None,
         directory_ttl_s: float = 60.0,
+        clock_ms: Callable[[], int] | None = None,
     ) -> None:
         check_int("charge_ttl_s", charge_ttl_s, 1, 10 * 365 * 86400)
         check_int("outcome_ttl_s", outcome_ttl_s, 1, 10 * 365 * 86400)
@@ -84,6 +86,7 @@ class Ledger(ScopeOps):
             ]
         )
         self._directory_ttl_s = directory_ttl_s
+        self._clock_ms = clock_ms
         self._slots: dict[str, tuple[float, keys.Slot]] = {}
 
     @classmethod
@@ -139,7 +142,7 @@ class Ledger(ScopeOps):
         return [slot.leases, slot.job(job_id), slot.outcome(job_id)]
 
     def _head(self, slot: keys.Slot, job_id: str) -> list[str | bytes]:
-        return [slot.prefix, self._keep_ms, keys.job_token(job_id)]
+        return [slot.prefix, self._keep(), keys.job_token(job_id)]
 
     # -- jobs --------------------------------------------------------------------------
 
@@ -163,7 +166,8 @@ class Ledger(ScopeOps):
         model_token = keys.encode_id(model) if model else ""
 
         async def step(slot: keys.Slot) -> Any:
-            args = self._head(slot, job_id) + [
+            args = [
+                *self._head(slot, job_id),
                 utf8(holder),
                 str(cost_nanousd),
                 str(tokens),
@@ -220,7 +224,7 @@ class Ledger(ScopeOps):
         the job holds no live reservation of ``holder``."""
         check_int("lease_ms", lease_ms, 0, MAX_LEASE_MS)
         slot = await self.slot_of(user_id)
-        args = self._head(slot, job_id) + [utf8(holder), str(lease_ms)]
+        args = [*self._head(slot, job_id), utf8(holder), str(lease_ms)]
         return bool(await self.conn.run("extend", self._job_keys(slot, job_id), args))
 
     async def renew(self, leases: Sequence[LeaseRef], *, lease_ms: int) -> list[bool | None]:
@@ -235,7 +239,7 @@ class Ledger(ScopeOps):
         commands = []
         for lease in leases:
             slot = await self.slot_of(lease.user_id)
-            args = self._head(slot, lease.job_id) + [utf8(lease.holder), str(lease_ms)]
+            args = [*self._head(slot, lease.job_id), utf8(lease.holder), str(lease_ms)]
             commands.append((self._job_keys(slot, lease.job_id), args))
         answers = await self.conn.pipeline("extend", commands)
         if answers and all(isinstance(answer, BaseException) for answer in answers):
@@ -261,7 +265,8 @@ class Ledger(ScopeOps):
         check_int("tokens", tokens, 0, MAX_TOKENS)
 
         async def step(slot: keys.Slot) -> Any:
-            args = self._head(slot, job_id) + [
+            args = [
+                *self._head(slot, job_id),
                 utf8(holder),
                 str(cost_nanousd),
                 str(tokens),
@@ -290,7 +295,7 @@ class Ledger(ScopeOps):
         holder's live reservation is never touched. With ``outcome`` the job is final;
         without, a redelivery may reserve it again."""
         slot = await self.slot_of(user_id)
-        args = self._head(slot, job_id) + [utf8(holder)]
+        args = [*self._head(slot, job_id), utf8(holder)]
         if outcome is None:
             args += ["0", b"", self._outcome_ttl_ms]
         else:
@@ -303,7 +308,7 @@ class Ledger(ScopeOps):
         job was settled). :class:`Busy` when another delivery of the job holds a live
         reservation: its outcome will answer the job."""
         slot = await self.slot_of(user_id)
-        args = self._head(slot, job_id) + [outcome, self._outcome_ttl_ms]
+        args = [*self._head(slot, job_id), outcome, self._outcome_ttl_ms]
         reply = await self.conn.run("finish", self._job_keys(slot, job_id), args)
         if reply[0] == 2:
             return Busy(holder=text(reply[1]))

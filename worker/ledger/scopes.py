@@ -100,8 +100,15 @@ class ScopeOps:
 
     conn: Connection
     _keep_ms: str
+    _clock_ms: Callable[[], int] | None
     _directory_ttl_s: float
     _slots: dict[str, tuple[float, keys.Slot]]
+
+    def _keep(self) -> str:
+        """ARGV[2] of every script: the keep time, and a fixed clock when one is set."""
+        if self._clock_ms is None:
+            return self._keep_ms
+        return f"{self._keep_ms}:{self._clock_ms()}"
 
     # -- where a user, team or org lives ----------------------------------------------
 
@@ -163,7 +170,7 @@ class ScopeOps:
         return slot, slot.org
 
     def _args(self, slot: keys.Slot, prefix: str) -> list[str | bytes]:
-        return [slot.prefix, self._keep_ms, prefix]
+        return [slot.prefix, self._keep(), prefix]
 
     async def _index(self, scope: Scope) -> None:
         await self.conn.command(
@@ -207,7 +214,8 @@ class ScopeOps:
         parent: str = "",
         model_token: str = "",
     ) -> None:
-        args = self._args(slot, prefix) + [
+        args = [
+            *self._args(slot, prefix),
             utf8(label),
             utf8(scope.id) if scope.kind == "user" and not parent else b"",
             opt(budget.limit_nanousd),
@@ -312,7 +320,7 @@ class ScopeOps:
         """Remove the scope's limits and rate-limit state; False if it had none. Spend,
         credits, membership and live reservations are left to settle and expire."""
         scope = as_scope(scope)
-        slot, prefix = await self._locate(scope)
+        _slot, prefix = await self._locate(scope)
         existed = bool(
             await self.conn.run("delete", [prefix + "budget", prefix + "rpm", prefix + "tpm"], [])
         )
@@ -362,7 +370,7 @@ class ScopeOps:
         current = await self.slot_of(user_id)
         if current != target:
             current = await self._move(user_id, current, target)
-        args = self._args(target, target.user(user_id)) + [utf8(user_id), team_token]
+        args = [*self._args(target, target.user(user_id)), utf8(user_id), team_token]
         if not await self.conn.run("set_team", [target.leases], args):
             raise LedgerError(f"team {team!r} has no record in its organisation's slot")
         await self._place(user_id, target)
@@ -395,10 +403,10 @@ class ScopeOps:
         if kind == 1:
             data = text(out[1])
             json.loads(data)  # fail here, not inside a script, on a malformed answer
-            args = self._args(target, target.user(user_id)) + [data.encode(), b""]
+            args = [*self._args(target, target.user(user_id)), data.encode(), b""]
             await self.conn.run("move_in", [target.leases], args)
             await self._place(user_id, target)
-            done = self._args(source, source.user(user_id)) + [target.tag]
+            done = [*self._args(source, source.user(user_id)), target.tag]
             await self.conn.run("move_done", [source.leases], done)
         return target
 
@@ -409,7 +417,8 @@ class ScopeOps:
         stored)`` (a grant id used before answers the stored grant and changes nothing)."""
         scope = as_scope(scope)
         slot, prefix = await self._locate(scope)
-        args = self._args(slot, prefix) + [
+        args = [
+            *self._args(slot, prefix),
             grant.id,
             str(grant.amount_nanousd),
             str(grant.priority),
@@ -441,7 +450,7 @@ class ScopeOps:
         check_id("adjustment id", adjustment_id)
         check_int("amount_nanousd", abs(amount_nanousd), 1, MAX_AMOUNT_NANOUSD)
         slot, prefix = await self._locate(scope)
-        args = self._args(slot, prefix) + [adjustment_id, str(amount_nanousd), utf8(note[:500])]
+        args = [*self._args(slot, prefix), adjustment_id, str(amount_nanousd), utf8(note[:500])]
         reply = await self.conn.run("adjust", [slot.leases], args)
         if reply[0] == 3:
             raise ValueError(f"{scope} has no budget record: set its budget first")

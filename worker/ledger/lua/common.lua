@@ -17,7 +17,9 @@
 --   ARGV[1]  slot prefix  bw:{tag}:   (job hashes: prefix..'job:'..token)
 --   ARGV[2]  keep_ms      how long a final job record and a past period's spend hash
 --                         are kept: max(charge_ttl, outcome_ttl), so a job record always
---                         outlives its stored outcome
+--                         outlives its stored outcome; optionally followed by ':<now_ms>',
+--                         a fixed clock instead of Redis's TIME (tests only: the worker
+--                         never sends one, so no worker's clock matters)
 --
 -- Integers only. Amounts stay decimal strings wherever Redis stores them and are
 -- applied with HINCRBY; a number computed in Lua is turned into a string with istr()
@@ -30,7 +32,8 @@ if redis.replicate_commands then
 end
 
 local SLOT = ARGV[1]
-local KEEP_MS = tonumber(ARGV[2])
+local KEEP_MS = tonumber(string.match(ARGV[2], '^%d+'))
+local FIXED_NOW = tonumber(string.match(ARGV[2], ':(%d+)$'))
 local RECLAIM_BATCH = 100        -- leases reclaimed per call at most: bounded work
 local RATE_WINDOW_MS = 60000     -- RPM and TPM are per minute
 local DAY_MS = 86400000
@@ -41,6 +44,9 @@ local function istr(n)
 end
 
 local function now_ms()
+  if FIXED_NOW then
+    return FIXED_NOW
+  end
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end

@@ -74,10 +74,7 @@ if state == 'reserved' then
   return {1, 1, job[3], job[4], job[5], job[2], limit_s, spent, reserved, job[7], needs_index, rem}
 end
 
-if not has_money(budget) then
-  if ARGV[12] == '' then
-    return {3}
-  end
+if not has_money(budget) and ARGV[12] ~= '' then
   -- Create the default budget in this same step, so two first jobs of a new user
   -- cannot both see "no budget". The users index lives in another slot: the caller
   -- writes it afterwards ('indexed' = 0 until then).
@@ -90,8 +87,20 @@ if not has_money(budget) then
   budget = read_budget(user_p)
 end
 
--- Every limit of every scope on the path, checked before any is changed.
+-- Every limit of every scope on the path, checked before any is changed. A path on
+-- which no scope caps money (no USD limit, no credits) has no budget: a user may spend
+-- on its team's or organisation's money alone, never on none.
+if not budget then
+  return {3}
+end
 local path = path_of(user_p, ARGV[9], ARGV[10], budget)
+local any_money = false
+for i = 1, #path do
+  if has_money((i == 1) and budget or read_budget(path[i])) then any_money = true end
+end
+if not any_money then
+  return {3}
+end
 local scopes, limits = {}, {}
 for i = 1, #path do
   local b = (i == 1) and budget or read_budget(path[i])

@@ -48,9 +48,11 @@ if job[7] then
 end
 
 local path, periods
-if state then
+if job[11] or (job[5] and job[5] ~= '') then
   path, periods = job_path(job[11], job[12], job[5])
 else
+  -- No reservation was ever recorded (no record, or a refusal's): charge the path and
+  -- periods the job would take now.
   local user_b = read_budget(ARGV[10])
   if user_b and user_b.moved_to then
     return {5, user_b.moved_to}
@@ -75,16 +77,23 @@ local user_b = read_budget(path[1])
 local limit_s, spent, reserved, period_end, remaining = '0', '0', '0', -1, '0'
 for i = 1, #path do
   local p, period_id = path[i], periods[i]
-  if period_id == '-' then
-    -- nothing was (or would be) reserved in this scope: it had no budget record
+  local b = (i == 1) and user_b or read_budget(p)
+  if (period_id == '-' or not period_id) and b then
+    -- Nothing was reserved in this scope (it had no budget record then): the call is
+    -- charged to the period it is in now.
+    period_id = budget_period(b, now)
+    periods[i] = period_id
+  end
+  if period_id == '-' or not period_id then
+    periods[i] = '-' -- no budget record, then or now: nothing to charge here
   else
-    local b = (i == 1) and user_b or read_budget(p)
     local end_ms = -1
-    if i == 1 and job[6] and job[6] ~= '' then
-      end_ms = tonumber(job[6])
-    elseif b then
-      local current, current_end = budget_period(b, now)
-      if current == period_id then end_ms = current_end end
+    local current, current_end
+    if b then current, current_end = budget_period(b, now) end
+    if current == period_id then
+      end_ms = current_end
+    elseif i == 1 and job[6] and job[6] ~= '' then
+      end_ms = tonumber(job[6]) -- the reservation's period, past by now
     end
     if own then
       unreserve(p, period_id, job[3])

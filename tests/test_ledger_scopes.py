@@ -1,0 +1,339 @@
+"""Scopes and credits against the real Redis and the real Redis Cluster: every limit on a
+job's path (user, its limit on the model, team, organisation) in one step, all or
+nothing; settle and release moving every scope; membership and limits changed while
+jobs are in flight; grants, draws, expiries and adjustments as entries."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from worker.ledger import (
+    Budget,
+    Grant,
+    JobsInFlight,
+    Ledger,
+    NoBudget,
+    Refused,
+    Reserved,
+    ReserveResult,
+    Scope,
+    Settled,
+)
+
+T0 = 1_900_000_000_000  # a fixed clock (ms): 2030-03-17, mid-day
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now_ms = T0 + 12 * 3_600_000
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=["redis", "cluster"])
+async def ledger(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[Ledger]:
+    if request.param == "redis":
+        url, cluster = request.getfixturevalue("redis_url"), False
+    else:
+        url, cluster = request.getfixturevalue("redis_cluster").url, True
+    book = Ledger.from_url(url, cluster=cluster, clock_ms=clock)
+    try:
+        yield book
+    finally:
+        await book.close()
+
+
+@pytest.fixture
+def ids() -> str:
+    """A prefix that keeps each test's ids apart on the shared Cluster."""
+    return uuid.uuid4().hex[:8]
+
+
+async def reserve(
+    ledger: Ledger, user: str, job: str, cost: int, *, model: str = "gpt-x", tokens: int = 0
+) -> ReserveResult:
+    return await ledger.reserve(
+        user, job, cost_nanousd=cost, tokens=tokens, lease_ms=60_000, holder="w1", model=model
+    )
+
+
+async def settle(ledger: Ledger, user: str, job: str, cost: int, model: str = "gpt-x") -> Settled:
+    return await ledger.settle(
+        user, job, holder="w1", cost_nanousd=cost, tokens=0, model=model, outcome=b"ok"
+    )
+
+
+async def money(ledger: Ledger, scope: Scope | str) -> tuple[int, int]:
+    """(spent, reserved) of the scope's current period."""
+    state = await ledger.state(scope)
+    assert state is not None, scope
+    return state.snapshot.spent_nanousd, state.snapshot.reserved_nanousd
+
+
+async def org_of_two(ledger: Ledger, ids: str) -> tuple[Scope, Scope, Scope, str, str]:
+    """An org with team eng (limit 1000 a day) and users alice and bob (800 each)."""
+    org, team = Scope("org", f"{ids}-acme"), Scope("team", f"{ids}-eng")
+    alice, bob = f"{ids}:alice", f"{ids}:bob"
+    await ledger.create_team(team.id, org.id)
+    await ledger.set_budget(team, Budget(1000, "daily"))
+    for user in (alice, bob):
+        await ledger.set_budget(user, Budget(800, "daily"))
+        await ledger.set_membership(user, team=team.id)
+    return org, team, Scope("user", alice), alice, bob
+
+
+# -- all or nothing -----------------------------------------------------------------------
+
+
+async def test_a_team_budget_refuses_a_member_who_has_room_of_their_own(
+    ledger: Ledger, ids: str, clock: Clock
+) -> None:
+    _, team, _, alice, bob = await org_of_two(ledger, ids)
+    assert isinstance(await reserve(ledger, alice, "j1", 600), Reserved)
+    refused = await reserve(ledger, bob, "j2", 600)
+    assert isinstance(refused, Refused)
+    assert (refused.scope, refused.limit, refused.remaining) == (str(team), "usd", 400)
+    day_end = (clock.now_ms // 86_400_000 + 1) * 86_400_000
+    assert refused.retry_after_ms == day_end - clock.now_ms
+    assert refused.snapshot.limit_nanousd == 1000 and refused.snapshot.remaining_nanousd == 400
+    # Nothing changed anywhere on bob's path.
+    assert await money(ledger, bob) == (0, 0)
+    assert await money(ledger, team) == (0, 600)
+
+
+async def test_an_org_limit_refuses_across_its_teams(ledger: Ledger, ids: str) -> None:
+    org, _, _, alice, _ = await org_of_two(ledger, ids)
+    await ledger.set_budget(org, Budget(700, "none"))
+    other = Scope("team", f"{ids}-ops")
+    await ledger.create_team(other.id, org.id)
+    carol = f"{ids}:carol"
+    await ledger.set_budget(carol, Budget(800, "daily"))
+    await ledger.set_membership(carol, team=other.id)
+    assert isinstance(await reserve(ledger, alice, "j1", 500), Reserved)
+    refused = await reserve(ledger, carol, "j2", 300)
+    assert isinstance(refused, Refused)
+    assert (refused.scope, refused.remaining, refused.retry_after_ms) == (str(org), 200, None)
+    assert await money(ledger, other) == (0, 0)
+
+
+async def test_settle_and_release_move_every_scope_on_the_path(ledger: Ledger, ids: str) -> None:
+    org, team, alice_scope, alice, _ = await org_of_two(ledger, ids)
+    await ledger.set_budget(org, Budget(5000, "daily"))
+    await reserve(ledger, alice, "j1", 400)
+    await reserve(ledger, alice, "j2", 300)
+    for scope in (alice_scope, team, org):
+        assert await money(ledger, scope) == (0, 700)
+    settled = await settle(ledger, alice, "j1", 250)
+    assert settled.first and settled.snapshot.spent_nanousd == 250
+    assert await ledger.release(alice, "j2", holder="w1", outcome=b"failed")
+    for scope in (alice_scope, team, org):
+        assert await money(ledger, scope) == (250, 0)
+    state = await ledger.state(team)
+    assert state is not None and state.model_spend_nanousd == {"gpt-x": 250}
+
+
+async def test_a_per_model_limit_applies_to_that_model_only(ledger: Ledger, ids: str) -> None:
+    alice = f"{ids}:alice"
+    await ledger.set_budget(alice, Budget(1000, "daily"))
+    await ledger.set_model_budget(alice, "big-model", Budget(300, "daily"))
+    refused = await reserve(ledger, alice, "j1", 400, model="big-model")
+    assert isinstance(refused, Refused)
+    assert refused.scope == f"model:{alice}/big-model" and refused.remaining == 300
+    assert isinstance(await reserve(ledger, alice, "j2", 400, model="small-model"), Reserved)
+    assert isinstance(await reserve(ledger, alice, "j3", 200, model="big-model"), Reserved)
+    await settle(ledger, alice, "j3", 200, model="big-model")
+    assert await money(ledger, alice) == (200, 400)
+
+
+async def test_a_team_rate_limit_refuses_with_its_wait(ledger: Ledger, ids: str) -> None:
+    _, team, _, alice, bob = await org_of_two(ledger, ids)
+    await ledger.set_budget(team, Budget(10_000, "daily", rpm=1))
+    assert isinstance(await reserve(ledger, alice, "j1", 1), Reserved)
+    refused = await reserve(ledger, bob, "j2", 1)
+    assert isinstance(refused, Refused)
+    assert (refused.scope, refused.limit, refused.remaining) == (str(team), "rpm", 0)
+    assert refused.retry_after_ms == 60_000  # the clock stands still: one full minute
+
+
+async def test_a_member_without_a_budget_of_their_own_spends_on_the_team(
+    ledger: Ledger, ids: str
+) -> None:
+    _, team, _, _, _ = await org_of_two(ledger, ids)
+    dave = f"{ids}:dave"
+    assert isinstance(await reserve(ledger, dave, "j0", 1), NoBudget)
+    await ledger.set_membership(dave, team=team.id)
+    assert isinstance(await reserve(ledger, dave, "j1", 900), Reserved)
+    refused = await reserve(ledger, dave, "j2", 200)
+    assert isinstance(refused, Refused) and refused.scope == str(team)
+
+
+# -- changes while jobs are in flight -------------------------------------------------------
+
+
+async def test_a_reservation_settles_into_the_team_it_was_made_against(
+    ledger: Ledger, ids: str
+) -> None:
+    org, team, _, alice, _ = await org_of_two(ledger, ids)
+    ops = Scope("team", f"{ids}-ops")
+    await ledger.create_team(ops.id, org.id)
+    await ledger.set_budget(ops, Budget(1000, "daily"))
+    await reserve(ledger, alice, "j1", 500)
+    await ledger.set_membership(alice, team=ops.id)  # same org: allowed in flight
+    await reserve(ledger, alice, "j2", 100)
+    await settle(ledger, alice, "j1", 400)
+    await settle(ledger, alice, "j2", 50)
+    assert await money(ledger, team) == (400, 0)
+    assert await money(ledger, ops) == (50, 0)
+    assert await money(ledger, alice) == (450, 0)
+
+
+async def test_a_period_changed_in_flight_gives_the_reservation_back_where_it_was_held(
+    ledger: Ledger, ids: str
+) -> None:
+    _, team, _, alice, _ = await org_of_two(ledger, ids)
+    await reserve(ledger, alice, "j1", 500)
+    await ledger.set_budget(team, Budget(1000, "none"))
+    assert await money(ledger, team) == (0, 0)  # the new period holds nothing yet
+    await reserve(ledger, alice, "j2", 900)
+    await settle(ledger, alice, "j1", 300)
+    await ledger.release(alice, "j2", holder="w1")
+    assert await money(ledger, team) == (0, 0)
+    # The daily period the first job was reserved in received its charge.
+    await ledger.set_budget(team, Budget(1000, "daily"))
+    assert await money(ledger, team) == (300, 0)
+
+
+async def test_a_user_moves_to_another_org_only_without_jobs_in_flight(
+    ledger: Ledger, ids: str
+) -> None:
+    _, _, _, alice, _ = await org_of_two(ledger, ids)
+    elsewhere = Scope("team", f"{ids}-far")
+    await ledger.create_team(elsewhere.id, f"{ids}-other-org")
+    await ledger.grant(alice, Grant(f"{ids}-g1", 500))
+    await reserve(ledger, alice, "j1", 1000)
+    with pytest.raises(JobsInFlight):
+        await ledger.set_membership(alice, team=elsewhere.id)
+    await settle(ledger, alice, "j1", 1000)
+    await ledger.set_membership(alice, team=elsewhere.id)
+    state = await ledger.state(alice)
+    assert state is not None and state.team == elsewhere.id
+    assert state.org == f"{ids}-other-org"
+    # Spend, credits and their history moved with the user.
+    assert (state.snapshot.spent_nanousd, state.credits_nanousd) == (1000, 300)
+    assert sum(e.amount_nanousd for e in await ledger.history(alice)) == 300
+    # A job after the move counts in the new org's scopes, and still sees its spend.
+    refused = await reserve(ledger, alice, "j2", 400)
+    assert isinstance(refused, Refused) and refused.remaining == 300
+    assert isinstance(await reserve(ledger, alice, "j3", 300), Reserved)
+
+
+# -- credits ------------------------------------------------------------------------------
+
+
+async def test_a_pure_prepaid_scope_spends_its_grants_and_then_refuses(
+    ledger: Ledger, ids: str
+) -> None:
+    alice = f"{ids}:alice"
+    await ledger.set_budget(alice, Budget(None, "none"))
+    assert isinstance(await reserve(ledger, alice, "j0", 1), NoBudget)
+    await ledger.grant(alice, Grant(f"{ids}-g1", 1000))
+    assert isinstance(await reserve(ledger, alice, "j1", 700), Reserved)
+    refused = await reserve(ledger, alice, "j2", 400)
+    assert isinstance(refused, Refused) and refused.remaining == 300
+    await settle(ledger, alice, "j1", 600)
+    state = await ledger.state(alice)
+    assert state is not None and (state.credits_nanousd, state.drawn_nanousd) == (400, 600)
+
+
+async def test_the_period_allowance_is_spent_before_credits(ledger: Ledger, ids: str) -> None:
+    alice = f"{ids}:alice"
+    await ledger.set_budget(alice, Budget(500, "daily"))
+    await ledger.grant(alice, Grant(f"{ids}-g1", 1000))
+    await reserve(ledger, alice, "j1", 1500)
+    await settle(ledger, alice, "j1", 800)
+    state = await ledger.state(alice)
+    assert state is not None
+    assert (state.snapshot.spent_nanousd, state.drawn_nanousd, state.credits_nanousd) == (
+        800,
+        300,
+        700,
+    )
+    assert state.snapshot.remaining_nanousd == 700
+
+
+async def test_grants_draw_by_priority_then_earliest_expiry(
+    ledger: Ledger, ids: str, clock: Clock
+) -> None:
+    alice = f"{ids}:alice"
+    await ledger.set_budget(alice, Budget(None, "none"))
+    later, sooner = clock.now_ms + 10_000, clock.now_ms + 5_000
+    await ledger.grant(alice, Grant("late", 100, priority=1, expires_ms=sooner))
+    await ledger.grant(alice, Grant("never", 100, priority=0))
+    await ledger.grant(alice, Grant("later", 100, priority=0, expires_ms=later))
+    await ledger.grant(alice, Grant("sooner", 100, priority=0, expires_ms=sooner))
+    await reserve(ledger, alice, "j1", 350)
+    await settle(ledger, alice, "j1", 350)
+    draws = [(e.grant, e.amount_nanousd) for e in await ledger.history(alice) if e.kind == "draw"]
+    assert draws == [("sooner", -100), ("later", -100), ("never", -100), ("late", -50)]
+
+
+async def test_an_expired_grant_s_rest_is_gone(ledger: Ledger, ids: str, clock: Clock) -> None:
+    alice = f"{ids}:alice"
+    await ledger.set_budget(alice, Budget(None, "none"))
+    await ledger.grant(alice, Grant("trial", 1000, expires_ms=clock.now_ms + 60_000))
+    await ledger.grant(alice, Grant("later", 200, effective_ms=clock.now_ms + 120_000))
+    await reserve(ledger, alice, "j1", 300)
+    await settle(ledger, alice, "j1", 300)
+    clock.now_ms += 60_000
+    refused = await reserve(ledger, alice, "j2", 1)
+    assert isinstance(refused, Refused) and refused.remaining == 0
+    entries = await ledger.history(alice)
+    assert [(e.kind, e.grant, e.amount_nanousd) for e in entries][-1] == ("expiry", "trial", -700)
+    clock.now_ms += 60_000  # "later" becomes usable
+    assert isinstance(await reserve(ledger, alice, "j3", 200), Reserved)
+
+
+async def test_grants_and_adjustments_are_idempotent_by_id(ledger: Ledger, ids: str) -> None:
+    team = Scope("team", f"{ids}-eng")
+    await ledger.create_team(team.id, f"{ids}-acme")
+    created, first = await ledger.grant(team, Grant("topup-1", 1000, priority=2))
+    again, second = await ledger.grant(team, Grant("topup-1", 5000))
+    assert created and not again and second == first and first.remaining_nanousd == 1000
+    assert await ledger.adjust(team, "fix-1", -300, note="refund reversed") == -300
+    assert await ledger.adjust(team, "fix-1", -300) == -300
+    assert await ledger.adjust(team, "fix-2", 50) == 50
+    state = await ledger.state(team)
+    assert state is not None and state.credits_nanousd == 750
+    entries = await ledger.history(team)
+    assert [(e.kind, e.amount_nanousd) for e in entries] == [
+        ("grant", 1000),
+        ("adjust", -300),
+        ("adjust", 50),
+    ]
+    assert sum(e.amount_nanousd for e in entries) == state.credits_nanousd
+    assert len({e.id for e in entries}) == len(entries)
+
+
+async def test_team_credits_admit_members_past_the_team_allowance(ledger: Ledger, ids: str) -> None:
+    _, team, _, alice, bob = await org_of_two(ledger, ids)
+    await ledger.grant(team, Grant(f"{ids}-g", 400))
+    await reserve(ledger, alice, "j1", 800)
+    assert isinstance(await reserve(ledger, bob, "j2", 600), Reserved)
+    await settle(ledger, alice, "j1", 800)
+    await settle(ledger, bob, "j2", 500)
+    state = await ledger.state(team)
+    assert state is not None
+    assert (state.snapshot.spent_nanousd, state.drawn_nanousd, state.credits_nanousd) == (
+        1300,
+        300,
+        100,
+    )
