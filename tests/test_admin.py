@@ -92,6 +92,20 @@ async def test_a_write_without_a_token_changes_nothing(
     assert await book.state("alice") is None
 
 
+async def test_a_large_body_without_a_token_is_401_not_413(api: TestClient[Any, Any]) -> None:
+    response = await api.put("/v1/scopes/users/alice/budget", data=b"x" * 10_000)
+    assert response.status == 401
+
+
+async def test_a_method_a_path_does_not_have_is_405_with_allow(
+    api: TestClient[Any, Any],
+) -> None:
+    response = await api.post("/v1/scopes/users/alice/budget", headers=AUTH)
+    assert response.status == 405
+    assert "PUT" in response.headers["Allow"]
+    assert error_of(await response.json()) == ("method_not_allowed", None)
+
+
 def test_the_app_refuses_a_short_token(book: ledger.Ledger) -> None:
     from worker.errors import ConfigError
 
@@ -440,6 +454,32 @@ async def test_the_same_key_with_another_body_is_422(api: TestClient[Any, Any]) 
     assert error_of(data) == ("idempotency_key_reused", "header.Idempotency-Key")
 
 
+async def test_a_kept_answer_expires_after_the_ttl(book: ledger.Ledger, redis_url: str) -> None:
+    app = create_app(book, token=TOKEN, idempotency_ttl_s=600)
+    async with TestClient(TestServer(app)) as api:
+        status, _ = await call(
+            api, "DELETE", "/v1/scopes/users/alice/membership", **{"Idempotency-Key": "k-4"}
+        )
+        assert status == 204
+        names = await book.conn.command("KEYS", "bw:{admin:idem:*")
+        assert len(names) == 1
+        assert 0 < await book.conn.command("TTL", names[0]) <= 600
+        again = await api.delete(
+            "/v1/scopes/users/alice/membership", headers={**AUTH, "Idempotency-Key": "k-4"}
+        )
+        assert again.status == 204
+        assert again.headers["Idempotent-Replayed"] == "true"
+
+
+@pytest.mark.parametrize("key", ["", "with space", "x" * 256, "ünï"])
+async def test_a_malformed_idempotency_key_is_422(api: TestClient[Any, Any], key: str) -> None:
+    response = await api.post(
+        "/v1/scopes/users/alice/reset", headers={**AUTH, "Idempotency-Key": key}
+    )
+    assert response.status == 422
+    assert error_of(await response.json()) == ("invalid", "header.Idempotency-Key")
+
+
 async def test_a_failed_write_gives_its_key_up(
     api: TestClient[Any, Any], book: ledger.Ledger
 ) -> None:
@@ -477,9 +517,12 @@ def admin_process(redis_url: str, tmp_path: Path) -> Iterator[str]:
     try:
         _wait_healthy(base, process)
         yield base
-    finally:
         process.terminate()
-        process.wait(timeout=10)
+        assert process.wait(timeout=30) == 0, "SIGTERM: finish and exit 0"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
         log.close()
 
 
@@ -497,8 +540,16 @@ def _wait_healthy(base: str, process: subprocess.Popen[bytes]) -> None:
     raise AssertionError("admin never answered /healthz")
 
 
-def test_admin_refuses_to_start_without_a_token(redis_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("token", "says"),
+    [(None, "BW_ADMIN_TOKEN is not set"), ("short", "BW_ADMIN_TOKEN: must be at least 16")],
+)
+def test_admin_refuses_to_start_without_a_good_token(
+    redis_url: str, tmp_path: Path, token: str | None, says: str
+) -> None:
     env = {k: v for k, v in os.environ.items() if k != "BW_ADMIN_TOKEN"}
+    if token is not None:
+        env["BW_ADMIN_TOKEN"] = token
     result = subprocess.run(
         [sys.executable, "-m", "worker.console", "admin"],
         env={**env, "BW_REDIS_URL": redis_url},
@@ -508,7 +559,8 @@ def test_admin_refuses_to_start_without_a_token(redis_url: str, tmp_path: Path) 
         timeout=60,
     )
     assert result.returncode == 2
-    assert "BW_ADMIN_TOKEN is not set" in result.stderr
+    assert says in result.stderr
+    assert token is None or token not in result.stderr
 
 
 async def test_concurrent_retries_of_a_grant_grant_once_through_the_process(

@@ -83,7 +83,8 @@ def translate(exc: BaseException) -> ApiError:
         return invalid(exc)
     if isinstance(exc, web.HTTPException):
         code = _HTTP_CODES.get(exc.status, "http_error")
-        return ApiError(exc.status, code, exc.reason)
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return ApiError(exc.status, code, exc.reason, headers=allow)
     for cls, (status, code) in _LEDGER_ERRORS.items():
         if isinstance(exc, cls):
             retry = {"Retry-After": "1"} if getattr(exc, "retryable", False) else {}

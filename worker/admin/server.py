@@ -59,13 +59,19 @@ def create_app(
 
 def token_of(settings: Settings) -> str:
     """The admin token; a ``ConfigError`` naming the variable when it is not set."""
-    if settings.admin_token is None or not settings.admin_token.get_secret_value():
+    token = "" if settings.admin_token is None else settings.admin_token.get_secret_value()
+    if not token:
         raise ConfigError(
             "BW_ADMIN_TOKEN is not set: the admin API answers only callers with its bearer "
             f"token (at least {MIN_TOKEN_CHARS} characters; e.g. "
             "python -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
-    return settings.admin_token.get_secret_value()
+    if len(token) < MIN_TOKEN_CHARS or token != token.strip():
+        raise ConfigError(
+            f"BW_ADMIN_TOKEN: must be at least {MIN_TOKEN_CHARS} characters, without "
+            "leading or trailing spaces"
+        )
+    return token
 
 
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
