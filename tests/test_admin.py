@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -15,11 +16,12 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from worker import ledger
 from worker.admin import create_app
-from worker.dev.servers import free_port
+from worker.dev.servers import EmbeddedRedis, free_port
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -617,3 +619,61 @@ def test_the_server_matches_its_openapi_document(admin_process: str) -> None:
     report = result.stdout
     failures = report[report.find("FAILURES") :][:8000] if "FAILURES" in report else report[-4000:]
     assert result.returncode == 0, failures + result.stderr[-2000:]
+
+
+def test_every_route_of_the_app_is_in_the_document_and_back() -> None:
+    import yaml
+
+    from worker.admin.routes import routes
+
+    document = yaml.safe_load(OPENAPI.read_text("utf-8"))
+    documented = {
+        (method.upper(), path)
+        for path, item in document["paths"].items()
+        for method in item
+        if method in {"get", "put", "post", "delete", "patch"}
+    }
+    served = {
+        (route.method, re.sub(r"\{(\w+):[^}]*\}+", r"{\1}", route.path))
+        for route in routes
+        if isinstance(route, web.RouteDef)
+    }
+    assert served == documented
+
+
+async def test_concurrent_retries_with_one_key_run_once_through_the_process(
+    admin_process: str, book: ledger.Ledger
+) -> None:
+    headers = {"Idempotency-Key": "create-team-eng"}
+    async with httpx.AsyncClient(base_url=admin_process, headers=AUTH) as client:
+        answers = await asyncio.gather(
+            *(
+                client.put("/v1/scopes/teams/eng", json={"org": "acme"}, headers=headers)
+                for _ in range(10)
+            )
+        )
+    first = [a for a in answers if a.status_code == 200 and "Idempotent-Replayed" not in a.headers]
+    assert len(first) == 1
+    for answer in answers:
+        assert answer.status_code in (200, 409)
+        if answer.status_code == 200:
+            assert answer.json() == first[0].json()
+        else:
+            assert answer.json()["error"]["code"] == "idempotency_in_progress"
+            assert answer.headers["Retry-After"] == "1"
+
+
+async def test_redis_down_is_503_with_retry_after(private_redis: EmbeddedRedis) -> None:
+    book = ledger.Ledger.from_url(private_redis.url, timeout_s=0.5)
+    try:
+        app = create_app(book, token=TOKEN)
+        async with TestClient(TestServer(app)) as api:
+            status, _ = await call(api, "PUT", "/v1/scopes/users/a/budget", {"limit_nanousd": 1})
+            assert status == 200
+            private_redis.stop()
+            response = await api.get("/v1/scopes/users/a", headers=AUTH)
+            assert response.status == 503
+            assert response.headers["Retry-After"] == "1"
+            assert error_of(await response.json())[0] == "ledger_unavailable"
+    finally:
+        await book.close()
