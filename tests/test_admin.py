@@ -221,6 +221,26 @@ async def test_put_budget_then_show_the_scope(
     assert data["spent_nanousd"] == 0
 
 
+async def test_patch_changes_only_what_it_names(
+    api: TestClient[Any, Any], book: ledger.Ledger
+) -> None:
+    await book.set_budget("alice", ledger.Budget(100, "rolling", window_s=3600, rpm=60, tpm=9))
+    path = "/v1/scopes/users/alice/budget"
+    status, _ = await call(api, "PATCH", path, {"limit_nanousd": 500, "tpm": None})
+    assert status == 200
+    assert await book.get_budget("alice") == ledger.Budget(500, "rolling", 3600, rpm=60)
+    status, _ = await call(api, "PATCH", path, {"period": "weekly"})  # the window goes
+    assert status == 200
+    assert await book.get_budget("alice") == ledger.Budget(500, "weekly", rpm=60)
+    status, data = await call(api, "PATCH", path, {"period": "rolling"})
+    assert status == 422
+    assert error_of(data) == ("invalid", "window_s")
+    status, data = await call(api, "PATCH", path, {"rpm": 0})
+    assert (status, error_of(data)) == (422, ("invalid", "rpm"))
+    status, data = await call(api, "PATCH", path, [1])
+    assert (status, error_of(data)[0]) == (422, "invalid_json")
+
+
 async def test_a_scope_without_a_budget_is_404(api: TestClient[Any, Any]) -> None:
     status, data = await call(api, "GET", "/v1/scopes/users/nobody")
     assert status == 404

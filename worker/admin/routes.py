@@ -55,12 +55,18 @@ def _scope(request: web.Request) -> ledger.Scope:
     return ledger.Scope(kind, _name(request))
 
 
-async def _body(request: web.Request, model: type[M]) -> M:
-    raw = await request.read()
+async def _json_object(request: web.Request) -> dict[str, Any]:
     try:
-        data = json.loads(raw)
+        data = json.loads(await request.read())
     except ValueError:
         raise ApiError(422, "invalid_json", "the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid_json", "the body must be a JSON object")
+    return data
+
+
+async def _body(request: web.Request, model: type[M]) -> M:
+    data = await _json_object(request)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -136,6 +142,29 @@ async def set_budget(request: web.Request) -> web.Response:
     body = await _body(request, bodies.BudgetBody)
     budget = body.budget()
     await _step(_book(request).set_budget(scope, budget))
+    return _json({"scope": bodies.scope_json(scope), "budget": bodies.budget_json(budget)})
+
+
+@routes.patch(_SCOPE + "/budget")
+async def change_budget(request: web.Request) -> web.Response:
+    """Change only what is given (a JSON merge patch: null removes a limit); what the
+    scope spent this period is kept. A rolling window goes when the period changes
+    to another kind, unless the patch names it."""
+    book, scope = _book(request), _scope(request)
+    patch = await _json_object(request)
+    # Read, then write, as `budget set` does: two changes of one scope at the same
+    # instant may lose one (the last write wins); each ledger step stays atomic.
+    current = await book.get_budget(scope)
+    merged = {} if current is None else bodies.budget_json(current)
+    if "period" in patch and patch["period"] != "rolling" and "window_s" not in patch:
+        merged.pop("window_s", None)
+    merged.update(patch)
+    try:
+        body = bodies.BudgetBody.model_validate(merged)
+    except ValidationError as exc:
+        raise invalid(exc) from None
+    budget = body.budget()
+    await _step(book.set_budget(scope, budget))
     return _json({"scope": bodies.scope_json(scope), "budget": bodies.budget_json(budget)})
 
 
