@@ -173,6 +173,8 @@ class JobPath:
             detail = "user has no budget"
         elif refusal.reason == "rate_limited":
             detail = f"{refused.limit if refused else 'rate'}: rate limit reached"
+            if refused is not None and refused.scope:
+                detail += f" ({refused.scope})"
         else:
             assert refused is not None
             detail = _budget_detail(wanted, refused, self.settings.admission_policy)
@@ -258,7 +260,8 @@ def _facts(charge: Charge, model_ms: float, *, republished: bool) -> dict[str, A
 
 def _budget_detail(wanted: Estimate, refused: ledger.Refused, policy: AdmissionPolicy) -> str:
     limit = refused.snapshot.limit_nanousd
-    if wanted.cost_nanousd > limit:
+    scope = f" of {refused.scope}" if refused.scope else ""
+    if 0 < limit < wanted.cost_nanousd and refused.retry_after_ms is None:
         fixes = "give the job a smaller max_tokens (or, for jobs without one, lower "
         fixes += "BW_DEFAULT_MAX_TOKENS) or raise the budget"
         if policy == "reject":
@@ -266,12 +269,12 @@ def _budget_detail(wanted: Estimate, refused: ledger.Refused, policy: AdmissionP
         return (
             f"budget: the estimated cost {wanted.cost_nanousd} nano-USD (prompt bound "
             f"{wanted.prompt_tokens_bound} tokens plus up to {wanted.max_output_tokens} output "
-            f"tokens x {wanted.n}) is more than the whole {limit} nano-USD limit, so this job "
-            f"can never fit: {fixes}"
+            f"tokens x {wanted.n}) is more than the whole {limit} nano-USD limit{scope}, "
+            f"so this job can never fit: {fixes}"
         )
     return (
         f"budget: estimated cost {wanted.cost_nanousd} nano-USD exceeds the "
-        f"{refused.remaining} nano-USD remaining"
+        f"{refused.remaining} nano-USD remaining{scope}"
     )
 
 

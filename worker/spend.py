@@ -281,6 +281,7 @@ class SpendPath:
                 tokens=wanted.tokens,
                 lease_ms=self.leases.lease_ms,
                 holder=holder,
+                model=request.entry.name,
             )
 
         started = time.perf_counter()

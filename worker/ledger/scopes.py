@@ -81,6 +81,14 @@ def as_scope(scope: Scope | str) -> Scope:
     return scope if isinstance(scope, Scope) else Scope("user", scope)
 
 
+def _pairs(reply: Any) -> list[tuple[bytes, bytes]]:
+    """A hash reply as (field, value) pairs: redis-py answers HGETALL and HSCAN with a
+    dict on some clients and protocol versions and a flat list on others."""
+    if isinstance(reply, dict):
+        return list(reply.items())
+    return [(reply[i], reply[i + 1]) for i in range(0, len(reply), 2)]
+
+
 def _budget(fields: list[Any]) -> Budget:
     limit, period, window_s, _start, rpm, tpm = fields
     name = text(period) if period else "none"
@@ -305,7 +313,7 @@ class ScopeOps:
         next_cursor, flat = await self.conn.command(
             "HSCAN", index, cursor or "0", "COUNT", str(count)
         )
-        names = sorted(text(flat[i + 1]) for i in range(0, len(flat), 2))
+        names = sorted(text(name) for _, name in _pairs(flat))
         following = text(next_cursor) if isinstance(next_cursor, bytes) else str(next_cursor)
         return Page(items=names, cursor=None if following == "0" else following)
 
@@ -460,13 +468,13 @@ class ScopeOps:
         """Every grant of the scope, as stored (spent ones included)."""
         scope = as_scope(scope)
         _, prefix = await self._locate(scope)
-        flat = await self.conn.command("HGETALL", prefix + "grants")
+        stored = _pairs(await self.conn.command("HGETALL", prefix + "grants"))
         found = []
-        for i in range(0, len(flat), 2):
-            remaining, amount, priority, effective, expires = (int(v) for v in flat[i + 1].split())
+        for gid, value in stored:
+            remaining, amount, priority, effective, expires = (int(v) for v in value.split())
             found.append(
                 Grant(
-                    id=text(flat[i]),
+                    id=text(gid),
                     amount_nanousd=amount,
                     priority=priority,
                     effective_ms=effective,

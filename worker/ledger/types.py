@@ -142,7 +142,7 @@ class Grant:
         if any(c.isspace() for c in self.id) or len(self.id) > 128:
             raise ValueError("grant id must be at most 128 characters without spaces")
         check_int("amount_nanousd", self.amount_nanousd, 1, MAX_AMOUNT_NANOUSD)
-        check_int("priority", self.priority, -(10**6), 10**6)
+        check_int("priority", self.priority, -(2**31 - 1), 2**31 - 1)
         check_int("effective_ms", self.effective_ms, 0, MAX_TIME_MS)
         if self.expires_ms is not None:
             check_int("expires_ms", self.expires_ms, 0, MAX_TIME_MS)
