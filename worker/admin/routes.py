@@ -17,7 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from worker import ledger
-from worker.admin import bodies, reads
+from worker.admin import bodies
 from worker.admin.problems import JSON, ApiError, invalid
 
 T = TypeVar("T")
@@ -123,7 +123,7 @@ async def list_scopes(request: web.Request) -> web.Response:
     if cursor is not None and not (_CURSOR.fullmatch(cursor) and int(cursor) < 2**64):
         raise ApiError(422, "invalid", "is not a cursor this API gave", "query.cursor")
     limit = _int_query(request, "limit", 100, 1, MAX_PAGE)
-    page = await reads.scope_page(_book(request), bodies.KINDS[kind], cursor, limit)
+    page = await _book(request).list_scopes(bodies.KINDS[kind], cursor, limit)
     return _json(
         {"kind": kind, "items": [{"name": n} for n in page.items], "next_cursor": page.cursor}
     )
@@ -246,7 +246,7 @@ async def leave(request: web.Request) -> web.Response:
 async def list_grants(request: web.Request) -> web.Response:
     book, scope = _book(request), _scope(request)
     await _existing(book, scope)
-    grants = await _step(reads.scope_grants(book, scope))
+    grants = await _step(book.grants(scope))
     return _json({"items": [bodies.grant_json(g) for g in grants]})
 
 
