@@ -406,6 +406,29 @@ async def test_an_adjustment_applies_once(api: TestClient[Any, Any], book: ledge
     assert state.credits_nanousd == 700
 
 
+async def test_an_adjustment_id_reused_for_another_amount_is_409(
+    api: TestClient[Any, Any], book: ledger.Ledger
+) -> None:
+    await book.set_budget("alice", ledger.Budget(None, "none"))
+    path = "/v1/scopes/users/alice/adjustments"
+    await call(api, "POST", path, {"id": "fix-1", "amount_nanousd": 700})
+    status, data = await call(api, "POST", path, {"id": "fix-1", "amount_nanousd": 800})
+    assert (status, error_of(data)) == (409, ("adjustment_id_reused", "id"))
+    state = await book.state("alice")
+    assert state is not None
+    assert state.credits_nanousd == 700
+
+
+async def test_a_debit_takes_at_most_what_the_credits_hold(
+    api: TestClient[Any, Any], book: ledger.Ledger
+) -> None:
+    await book.set_budget("alice", ledger.Budget(None, "none"))
+    await book.grant("alice", ledger.Grant(id="g", amount_nanousd=300))
+    body = {"id": "debit-1", "amount_nanousd": -500}
+    status, data = await call(api, "POST", "/v1/scopes/users/alice/adjustments", body)
+    assert (status, data["applied_nanousd"]) == (200, -300)
+
+
 async def test_history_pages_through_every_entry(
     api: TestClient[Any, Any], book: ledger.Ledger
 ) -> None:

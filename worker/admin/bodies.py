@@ -9,7 +9,7 @@ are Unix milliseconds, answered beside RFC 3339 text.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator
 
@@ -177,9 +177,6 @@ def entry_json(entry: ledger.Entry) -> dict[str, Any]:
         "at": rfc3339(entry.at_ms),
         "note": entry.note,
     }
-
-
-Kind = Literal["users", "teams", "orgs"]
 
 
 class MembershipBody(_Body):

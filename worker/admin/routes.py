@@ -277,7 +277,19 @@ async def adjust(request: web.Request) -> web.Response:
     book, scope = _book(request), _scope(request)
     body = await _body(request, bodies.AdjustmentBody)
     applied = await _step(book.adjust(scope, body.id, body.amount_nanousd, body.note))
+    if not _could_apply(body.amount_nanousd, applied):
+        raise ApiError(
+            409, "adjustment_id_reused", f"adjustment {body.id!r} exists with another amount", "id"
+        )
     return _json({"id": body.id, "applied_nanousd": applied})
+
+
+def _could_apply(asked: int, applied: int) -> bool:
+    """Whether ``applied`` can be this request's own answer: a credit is applied whole,
+    a debit takes between nothing and what was asked. Anything else is the answer of
+    an earlier adjustment with this id and another amount (the ledger answers the
+    stored one without saying so; a reused id whose amount fits goes unnoticed)."""
+    return applied == asked if asked > 0 else asked <= applied <= 0
 
 
 @routes.get(_SCOPE + "/history")
