@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -720,3 +721,20 @@ async def test_redis_down_is_503_with_retry_after(private_redis: EmbeddedRedis) 
             assert error_of(await response.json())[0] == "ledger_unavailable"
     finally:
         await book.close()
+
+
+def test_admin_refuses_a_port_in_use(redis_url: str, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "worker.console", "admin", "--port", str(port)],
+            env={**os.environ, "BW_REDIS_URL": redis_url, "BW_ADMIN_TOKEN": TOKEN},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
