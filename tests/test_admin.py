@@ -374,6 +374,23 @@ async def test_grants_lists_each_grant_with_what_is_left(
             "expires": None,
         }
     ]
+    assert data["next_cursor"] is None
+
+
+async def test_grants_page_in_drawing_order(api: TestClient[Any, Any], book: ledger.Ledger) -> None:
+    await book.set_budget("alice", ledger.Budget(None, "none"))
+    for i in range(5):
+        await book.grant("alice", ledger.Grant(id=f"g{i}", amount_nanousd=1, priority=5 - i))
+    seen: list[str] = []
+    cursor: str | None = "0"
+    while cursor is not None:
+        status, data = await call(
+            api, "GET", f"/v1/scopes/users/alice/grants?limit=2&cursor={cursor}"
+        )
+        assert status == 200
+        seen += [grant["id"] for grant in data["items"]]
+        cursor = data["next_cursor"]
+    assert seen == ["g4", "g3", "g2", "g1", "g0"]
 
 
 async def test_a_grant_id_reused_for_another_amount_is_409(

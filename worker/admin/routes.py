@@ -245,9 +245,14 @@ async def leave(request: web.Request) -> web.Response:
 @routes.get(_SCOPE + "/grants")
 async def list_grants(request: web.Request) -> web.Response:
     book, scope = _book(request), _scope(request)
+    start = _int_query(request, "cursor", 0, 0, 2**40)
+    limit = _int_query(request, "limit", 100, 1, MAX_PAGE)
     await _existing(book, scope)
-    grants = await _step(book.grants(scope))
-    return _json({"items": [bodies.grant_json(g) for g in grants]})
+    # The ledger answers every grant at once (a scope holds at most 100 active ones,
+    # and the spent ones); pages are cut here, in the ledger's stable order.
+    grants = (await _step(book.grants(scope)))[start : start + limit]
+    following = str(start + limit) if len(grants) == limit else None
+    return _json({"items": [bodies.grant_json(g) for g in grants], "next_cursor": following})
 
 
 @routes.post(_SCOPE + "/grants")
