@@ -1,13 +1,17 @@
 """``Idempotency-Key``: a write retried with the same key is answered, not done again.
 
-The first request with a key claims it in Redis (``SET NX`` with the TTL,
-``BW_ADMIN_IDEMPOTENCY_TTL_S``) and runs; its successful answer replaces the claim and
-is replayed to every later request with that key, marked ``Idempotent-Replayed:
-true``. A failed request (any error) gives the key up, so that a retry runs again: a
-refused write changed nothing. The key is bound to what it was first sent with (the
-method, the path and the JSON body, keys sorted): the same key with another request is
-refused 422, and a request whose first try is still running is told 409 with
-``Retry-After``.
+The first request with a key claims it in Redis (``SET NX``) and runs; its successful
+answer replaces the claim, is kept for ``BW_ADMIN_IDEMPOTENCY_TTL_S`` and is replayed
+to every later request with that key, marked ``Idempotent-Replayed: true``. The key is
+bound to what it was first sent with (the method, the path and the JSON body, keys
+sorted): the same key with another request is refused 422, and a request whose first
+try is still running is told 409 with ``Retry-After``.
+
+A failed request (any error) gives the key up, so that a retry runs again: a refused
+write changed nothing. A claim whose process died mid-request lapses after
+``CLAIM_TTL_S``; had its write reached the ledger, the retry runs it again, which
+lands on the same state for every write here but ``reset`` (it zeroes the spend
+again).
 
 Grants and adjustments do not need the header: their ids are idempotent in the ledger
 itself, for as long as the scope lives, and a replay answers the stored grant.
@@ -44,12 +48,19 @@ class Answer:
     body: str
 
 
+CLAIM_TTL_S = 60
+"""How long a claim outlives a request that never finished (its process died): longer
+than any request runs (Redis timeouts, a user's move), short enough that the caller's
+retry is not refused for long. The answer, once there, is kept for the full TTL."""
+
+
 class IdempotencyStore:
     """First answers by key, in Redis, through the ledger's connection."""
 
     def __init__(self, conn: Connection, ttl_s: int) -> None:
         self.conn = conn
         self.ttl_s = str(ttl_s)
+        self.claim_ttl_s = str(min(ttl_s, CLAIM_TTL_S))
 
     async def claim(self, key: str, fingerprint: str) -> Answer | None:
         """None when this request now holds ``key`` and must run; else the answer to
@@ -59,7 +70,7 @@ class IdempotencyStore:
         claim = json.dumps({"fingerprint": fingerprint, "pending": True})
         for _ in range(3):
             # One atomic SET NX: of two concurrent first tries, exactly one runs.
-            if await self.conn.command("SET", name, claim, "NX", "EX", self.ttl_s):
+            if await self.conn.command("SET", name, claim, "NX", "EX", self.claim_ttl_s):
                 return None
             raw = await self.conn.command("GET", name)
             if raw is None:
