@@ -41,7 +41,7 @@ async def book(redis_url: str) -> AsyncIterator[ledger.Ledger]:
 
 @pytest.fixture
 async def api(book: ledger.Ledger) -> AsyncIterator[TestClient[Any, Any]]:
-    app = create_app(book, token=TOKEN, max_body_bytes=4096)
+    app = create_app(book, token=TOKEN, max_body_bytes=8192)
     async with TestClient(TestServer(app)) as client:
         yield client
 
@@ -96,7 +96,7 @@ async def test_a_write_without_a_token_changes_nothing(
 
 
 async def test_a_large_body_without_a_token_is_401_not_413(api: TestClient[Any, Any]) -> None:
-    response = await api.put("/v1/scopes/users/alice/budget", data=b"x" * 10_000)
+    response = await api.put("/v1/scopes/users/alice/budget", data=b"x" * 10_000)  # > 8192
     assert response.status == 401
 
 
@@ -120,14 +120,18 @@ def test_the_app_refuses_a_short_token(book: ledger.Ledger) -> None:
 
 
 async def test_a_body_over_the_limit_is_413(api: TestClient[Any, Any]) -> None:
-    big = {"limit_nanousd": 5, "note": "x" * 5000}
+    big = {"limit_nanousd": 5, "note": "x" * 9000}
     status, data = await call(api, "PUT", "/v1/scopes/users/alice/budget", big)
     assert status == 413
     assert error_of(data)[0] == "too_large"
 
 
-async def test_a_body_that_is_not_json_is_422(api: TestClient[Any, Any]) -> None:
-    response = await api.put("/v1/scopes/users/alice/budget", data=b"{nope", headers=AUTH)
+@pytest.mark.parametrize("body", [b"{nope", b"\xff", b"[" * 3000 + b"]" * 3000, b"[1]"])
+async def test_a_body_that_is_not_a_json_object_is_422(
+    api: TestClient[Any, Any], body: bytes
+) -> None:
+    headers = {**AUTH, "Idempotency-Key": "k-json"}
+    response = await api.put("/v1/scopes/users/alice/budget", data=body, headers=headers)
     assert response.status == 422
     assert error_of(await response.json()) == ("invalid_json", None)
 
@@ -179,6 +183,8 @@ async def test_a_bad_grant_is_422_naming_the_field(
         ("limit=0", "query.limit"),
         ("limit=1001", "query.limit"),
         ("cursor=x", "query.cursor"),
+        ("limit=%2B5", "query.limit"),
+        ("limit=%D9%A5", "query.limit"),
         (f"cursor={2**64}", "query.cursor"),
     ],
 )

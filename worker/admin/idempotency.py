@@ -112,7 +112,7 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
     re-serialises it with other spacing or key order still matches), else as bytes."""
     try:
         canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
-    except ValueError:
+    except (ValueError, RecursionError):
         canonical = body
     digest = hashlib.sha256()
     for part in (method.encode(), path.encode("utf-8", "surrogateescape"), canonical):

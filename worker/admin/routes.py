@@ -29,6 +29,7 @@ MAX_PAGE = 1000
 _NAME = "{name:[^/]+}"
 _SCOPE = "/v1/scopes/{kind:[^/]+}/" + _NAME
 _CURSOR = re.compile(r"[0-9]{1,20}")
+_DIGITS = re.compile(r"[0-9]{1,13}")
 
 routes = web.RouteTableDef()
 
@@ -58,7 +59,7 @@ def _scope(request: web.Request) -> ledger.Scope:
 async def _json_object(request: web.Request) -> dict[str, Any]:
     try:
         data = json.loads(await request.read())
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's
         raise ApiError(422, "invalid_json", "the body is not JSON") from None
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_json", "the body must be a JSON object")
@@ -77,10 +78,9 @@ def _int_query(request: web.Request, name: str, default: int, low: int, high: in
     text = request.query.get(name)
     if text is None:
         return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ApiError(422, "invalid", "must be a whole number", f"query.{name}") from None
+    if not _DIGITS.fullmatch(text):  # int() also takes "+5", " 5", "5_0" and non-ASCII digits
+        raise ApiError(422, "invalid", "must be a whole number", f"query.{name}")
+    value = int(text)
     if not low <= value <= high:
         raise ApiError(422, "invalid", f"must be between {low} and {high}", f"query.{name}")
     return value
