@@ -323,6 +323,25 @@ async def test_a_team_in_an_org_with_a_member(
     assert (state.team, state.org) == (None, None)
 
 
+async def test_a_move_while_jobs_are_in_flight_is_409_with_retry_after(
+    api: TestClient[Any, Any], book: ledger.Ledger
+) -> None:
+    await book.set_budget("alice", ledger.Budget(100_000))
+    held = await book.reserve(
+        "alice", "job-1", cost_nanousd=10, tokens=1, lease_ms=60_000, holder="worker-1"
+    )
+    assert isinstance(held, ledger.Reserved)
+    response = await api.put(
+        "/v1/scopes/users/alice/membership", json={"org": "acme"}, headers=AUTH
+    )
+    assert response.status == 409
+    assert response.headers["Retry-After"] == "1"
+    assert error_of(await response.json())[0] == "jobs_in_flight"
+    await book.release("alice", "job-1", holder="worker-1")
+    status, data = await call(api, "PUT", "/v1/scopes/users/alice/membership", {"org": "acme"})
+    assert (status, data) == (200, {"user": "alice", "team": None, "org": "acme"})
+
+
 async def test_a_team_cannot_change_org(api: TestClient[Any, Any]) -> None:
     await call(api, "PUT", "/v1/scopes/teams/eng", {"org": "acme"})
     status, data = await call(api, "PUT", "/v1/scopes/teams/eng", {"org": "other"})
