@@ -17,7 +17,16 @@ from bench.harness import Context, Infra, Report, machine_line, now_iso, write_s
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-BENCHMARKS = ["pipeline", "admission", "overspend", "usability", "scaling", "latency", "recovery"]
+BENCHMARKS = [
+    "pipeline",
+    "admission",
+    "overspend",
+    "usability",
+    "scaling",
+    "latency",
+    "recovery",
+    "scopes",
+]
 
 
 def command_for(name: str, size: str) -> str:

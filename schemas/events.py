@@ -195,6 +195,18 @@ class CompletionRejected(EventBase):
     )
     estimated_cost_nanousd: NanoUSD | None = None
     budget: BudgetSnapshot | None = None
+    scope: str | None = Field(
+        default=None,
+        max_length=300,
+        description=(
+            "For budget_exceeded and rate_limited: the scope whose limit refused "
+            "(user:ID, team:ID, org:ID, or model:USER/MODEL for a user's limit on one "
+            "model); budget is that scope's."
+        ),
+    )
+    limit: Literal["usd", "rpm", "tpm"] | None = Field(
+        default=None, description="For budget_exceeded and rate_limited: which limit refused."
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property

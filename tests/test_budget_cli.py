@@ -224,6 +224,7 @@ def test_show_json_prints_one_object_with_nano_usd_fields(cli: Any, redis_url: s
     now = datetime.now(UTC)
     next_month = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
     assert shown == {
+        "scope": "user:alice",
         "user_id": "alice",
         "limit_nanousd": 200_000,
         "spent_nanousd": 93_000,
@@ -235,6 +236,10 @@ def test_show_json_prints_one_object_with_nano_usd_fields(cli: Any, redis_url: s
         "model_spend_nanousd": {"gpt-3.5-turbo": 31_000, "gpt-4o-mini": 62_000},
         "rpm": None,
         "tpm": 1000,
+        "credits_nanousd": 0,
+        "drawn_nanousd": 0,
+        "team": None,
+        "org": None,
     }
     assert result.stdout.count("\n") == 1
 
@@ -380,3 +385,128 @@ def test_rfc3339() -> None:
     assert rfc3339(None) is None
     assert rfc3339(0) == "1970-01-01T00:00:00Z"
     assert rfc3339(1_700_000_000_123) == "2023-11-14T22:13:20.123Z"
+
+
+# --- teams, orgs, membership, credits -----------------------------------------------------
+
+
+def reserve(redis_url: str, user: str, job_id: str, cost_nanousd: int) -> Any:
+    async def run(book: ledger.Ledger) -> Any:
+        return await book.reserve(
+            user, job_id, cost_nanousd=cost_nanousd, tokens=0, lease_ms=60_000, holder="test"
+        )
+
+    return on_ledger(redis_url, run)
+
+
+def test_team_and_org_budgets_hold_while_members_have_room(cli: Any, redis_url: str) -> None:
+    assert cli("team", "eng", "--org", "acme").exit_code == 0
+    result = cli("set", "team:eng", "--limit-usd", "1", "--period", "none")
+    assert result.exit_code == 0, result.output
+    assert "budget of team:eng set: $1 none" in result.stdout
+    assert cli("set", "org:acme", "--limit-usd", "5", "--rpm", "100").exit_code == 0
+    for user in ("alice", "bob"):
+        assert cli("set", user, "--limit-usd", "0.8").exit_code == 0
+        result = cli("member", user, "--team", "eng")
+        assert result.exit_code == 0, result.output
+    assert isinstance(reserve(redis_url, "alice", "j1", 600_000_000), ledger.Reserved)
+    refused = reserve(redis_url, "bob", "j2", 600_000_000)
+    assert isinstance(refused, ledger.Refused) and refused.scope == "team:eng"
+    team = json.loads(cli("show", "team:eng", "--json").stdout)
+    assert (team["scope"], team["reserved_nanousd"], team["org"]) == ("team:eng", 6 * 10**8, "acme")
+    alice = json.loads(cli("show", "alice", "--json").stdout)
+    assert (alice["team"], alice["org"]) == ("eng", "acme")
+    orgs = json.loads(cli("list", "--kind", "org", "--json").stdout)["orgs"]
+    assert [(o["scope"], o["limit_nanousd"], o["rpm"]) for o in orgs] == [
+        ("org:acme", 5 * 10**9, 100)
+    ]
+    teams = cli("list", "--kind", "team")
+    assert teams.exit_code == 0 and "eng" in teams.stdout and "$1" in teams.stdout
+
+
+def test_a_user_id_that_looks_like_a_scope_is_read_as_a_user_with_user(cli: Any) -> None:
+    assert cli("set", "team:x", "--user", "--limit-usd", "1").exit_code == 0
+    assert json.loads(cli("show", "team:x", "--user", "--json").stdout)["user_id"] == "team:x"
+    result = cli("show", "team:x")
+    assert result.exit_code == 1 and "team:x has no budget" in result.stderr
+    assert cli("show", "user:7").exit_code == 1  # "user:" is part of a user id, as before
+
+
+def test_a_team_budget_needs_the_team_first(cli: Any) -> None:
+    result = cli("set", "team:ghost", "--limit-usd", "1")
+    assert result.exit_code == 1 and "create it first" in result.stderr
+
+
+def test_grant_adjust_and_history_show_where_each_nano_usd_went(cli: Any, redis_url: str) -> None:
+    assert cli("set", "carol", "--no-limit", "--period", "none").exit_code == 0
+    result = cli("grant", "carol", "--amount-usd", "2", "--id", "topup-1", "--priority", "1")
+    assert result.exit_code == 0, result.output
+    assert "granted $2 to 'carol'" in result.stdout
+    again = cli("grant", "carol", "--amount-usd", "9", "--id", "topup-1")
+    assert again.exit_code == 0 and "exists already" in again.stdout
+    assert (
+        cli(
+            "grant",
+            "carol",
+            "--amount-usd",
+            "1",
+            "--id",
+            "trial",
+            "--expires",
+            "2999-01-01T00:00:00Z",
+        ).exit_code
+        == 0
+    )
+    assert isinstance(reserve(redis_url, "carol", "j1", 1_500_000_000), ledger.Reserved)
+    charge(redis_url, "carol", "j1", 1_250_000_000, "m")
+    result = cli(
+        "adjust", "carol", "--amount-usd=-0.25", "--id", "fix-1", "--note", "goodwill back"
+    )
+    assert result.exit_code == 0, result.output
+    assert "adjusted -$0.25" in result.stdout
+    assert cli("adjust", "carol", "--amount-usd=-0.25", "--id", "fix-1").exit_code == 0
+    shown = json.loads(cli("history", "carol", "--json").stdout)
+    rows = [(e["kind"], e["grant"], e["amount_nanousd"]) for e in shown["entries"]]
+    assert rows == [
+        ("grant", "topup-1", 2 * 10**9),
+        ("grant", "trial", 10**9),
+        ("draw", "trial", -(10**9)),  # priority 0 draws first
+        ("draw", "topup-1", -250_000_000),
+        ("adjust", "topup-1", -250_000_000),
+    ]
+    assert "j1" in shown["entries"][2]["id"]  # a draw names the job that spent it
+    assert shown["balance_nanousd"] == 1_500_000_000
+    state = json.loads(cli("show", "carol", "--json").stdout)
+    assert state["credits_nanousd"] == shown["balance_nanousd"]
+    table = cli("history", "carol")
+    assert (
+        table.exit_code == 0 and "balance $1.5" in table.stdout and "goodwill back" in table.stdout
+    )
+
+
+def test_membership_and_credit_options_are_checked(cli: Any) -> None:
+    assert cli("member", "u", "--team", "a", "--none").exit_code == 2
+    assert cli("member", "u", "--team", "nowhere").exit_code == 2
+    assert cli("grant", "u", "--amount-usd", "1", "--id", "has space").exit_code == 2
+    assert (
+        cli("grant", "u", "--amount-usd", "1", "--id", "g", "--expires", "tomorrow").exit_code == 2
+    )
+    assert cli("adjust", "u", "--amount-usd", "0", "--id", "a").exit_code == 2
+    result = cli("grant", "nobody", "--amount-usd", "1", "--id", "g")
+    assert result.exit_code == 1 and "no budget record" in result.stderr
+
+
+def test_set_with_model_gives_a_user_a_limit_on_one_model(cli: Any, redis_url: str) -> None:
+    assert cli("set", "erin", "--limit-usd", "1").exit_code == 0
+    result = cli("set", "erin", "--model", "gpt-4o", "--limit-usd", "0.000001")
+    assert result.exit_code == 0, result.output
+    assert "budget of 'erin' on 'gpt-4o' set" in result.stdout
+
+    async def run(book: ledger.Ledger) -> Any:
+        return await book.reserve(
+            "erin", "j1", cost_nanousd=2000, tokens=0, lease_ms=60_000, holder="t", model="gpt-4o"
+        )
+
+    refused = on_ledger(redis_url, run)
+    assert isinstance(refused, ledger.Refused) and refused.scope == "model:erin/gpt-4o"
+    assert cli("set", "team:x", "--model", "m", "--limit-usd", "1").exit_code == 2

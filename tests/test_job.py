@@ -18,7 +18,7 @@ from schemas.jobs import CompletionJob, parse_job
 from tests.support import MODEL, InProcess, in_process, job, spent
 from worker.dev.doubles import Call, ScriptedProvider, answer
 from worker.errors import RetryableProviderError
-from worker.ledger import Budget
+from worker.ledger import Budget, Scope
 
 USD = 1_000_000_000
 
@@ -118,6 +118,30 @@ async def test_an_estimate_larger_than_the_whole_budget_says_it_can_never_fit(
     assert "can never fit" in event.detail
     for fix in ("max_tokens", "BW_DEFAULT_MAX_TOKENS", "BW_ADMISSION_POLICY=clamp"):
         assert fix in event.detail
+    assert rig.provider.calls == []
+
+
+async def test_a_refusal_names_the_scope_and_limit_that_refused(redis_url: str) -> None:
+    """A team's cap refuses a member with room of their own; a user's limit on the job's
+    model refuses though the user's own budget has room."""
+    rig = in_process(redis_url, ScriptedProvider(), admission_policy="reject")
+    try:
+        await rig.ledger.create_team("eng", "acme")
+        await rig.ledger.set_budget(Scope("team", "eng"), Budget(1000, "daily"))
+        await rig.ledger.set_budget("carol", Budget(USD, "daily"))
+        await rig.ledger.set_membership("carol", team="eng")
+        by_team = (await rig.jobs.run(decoded("j1", "carol", max_tokens=64))).event
+        await rig.ledger.set_budget("dan", Budget(USD, "daily"))
+        await rig.ledger.set_model_budget("dan", MODEL, Budget(1000, "daily"))
+        by_model = (await rig.jobs.run(decoded("j2", "dan", max_tokens=64))).event
+    finally:
+        await rig.close()
+    assert isinstance(by_team, CompletionRejected) and by_team.reason == "budget_exceeded"
+    assert (by_team.scope, by_team.limit) == ("team:eng", "usd")
+    assert by_team.budget is not None and by_team.budget.limit_nanousd == 1000
+    assert "team:eng" in by_team.detail
+    assert isinstance(by_model, CompletionRejected)
+    assert by_model.scope == f"model:dan/{MODEL}"
     assert rig.provider.calls == []
 
 

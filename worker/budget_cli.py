@@ -1,4 +1,9 @@
-"""``budget-worker budget ...``: create, change, show, list, reset and delete budgets.
+"""``budget-worker budget ...``: budgets of users, teams and organisations, membership,
+prepaid credits and their history.
+
+A SCOPE argument is ``team:ID`` or ``org:ID`` for a team or an organisation; anything
+else is a user id exactly as jobs carry it (``--user`` reads even ``team:x`` as a user
+id).
 
 Amounts are typed in USD as decimal text and stored as exact integers of nano-USD
 (``0.0002`` is 200,000 nano-USD); an amount finer than one nano-USD is refused rather
@@ -34,7 +39,7 @@ from worker.settings import load_settings
 T = TypeVar("T")
 
 app = typer.Typer(
-    help="Create, change, show, list, reset and delete users' budgets.",
+    help="Budgets of users, teams and organisations; membership; credits and their history.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -106,6 +111,35 @@ RedisUrl = Annotated[
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object instead.")]
 UserArg = Annotated[str, typer.Argument(help="The user id, as jobs carry it.", show_default=False)]
+ScopeArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="SCOPE",
+        help="team:ID, org:ID, or a user id as jobs carry it.",
+        show_default=False,
+    ),
+]
+AsUser = Annotated[
+    bool,
+    typer.Option("--user", help="Read SCOPE as a user id even if it starts with team: or org:."),
+]
+
+
+def parse_scope(text: str, *, as_user: bool = False) -> ledger.Scope:
+    """``team:ID`` and ``org:ID`` name a team and an organisation; anything else (or
+    anything with ``as_user``) is a user id, verbatim: ``user:42`` is the user
+    ``user:42``, as before scopes existed."""
+    kind, sep, rest = text.partition(":")
+    if not as_user and sep and rest and kind in ("team", "org"):
+        return ledger.Scope(kind, rest)  # type: ignore[arg-type]  # one of the two kinds
+    if not text:
+        raise typer.BadParameter("is empty", param_hint="'SCOPE'")
+    return ledger.Scope("user", text)
+
+
+def label(scope: ledger.Scope) -> str:
+    """How messages name a scope: a user as before (``'alice'``), others ``team:eng``."""
+    return repr(scope.id) if scope.kind == "user" else str(scope)
 
 
 def _ledger_call(redis_url: str | None, call: Callable[[ledger.Ledger], Awaitable[T]]) -> T:
@@ -143,8 +177,8 @@ def _fail(message: str, *, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _no_budget(user: str) -> NoReturn:
-    _fail(f"user {user!r} has no budget")
+def _no_budget(scope: ledger.Scope) -> NoReturn:
+    _fail(f"user {scope.id!r} has no budget" if scope.kind == "user" else f"{scope} has no budget")
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -198,6 +232,7 @@ def merge_budget(
     tpm: int | None = None,
     no_rpm: bool = False,
     no_tpm: bool = False,
+    no_limit: bool = False,
 ) -> ledger.Budget:
     """The budget ``budget set`` writes: ``current`` with only what was given changed.
 
@@ -207,10 +242,13 @@ def merge_budget(
     rolling and dropped when it changes. Raises ``typer.BadParameter`` naming the
     option."""
     _refuse_contradictions(period, window_s, rpm, tpm, no_rpm=no_rpm, no_tpm=no_tpm)
+    if limit_nanousd is not None and no_limit:
+        raise typer.BadParameter("cannot be given with --no-limit", param_hint="'--limit-usd'")
     if current is None:
-        if limit_nanousd is None:
+        if limit_nanousd is None and not no_limit:
             raise typer.BadParameter(
-                "is required for a user who has no budget yet", param_hint="'--limit-usd'"
+                "is required for a scope that has no budget yet (or --no-limit)",
+                param_hint="'--limit-usd'",
             )
         current = ledger.Budget(limit_nanousd=limit_nanousd)
     new_period = period or current.period
@@ -225,7 +263,9 @@ def merge_budget(
                 "must be given with --period rolling", param_hint="'--window-s'"
             )
     return ledger.Budget(
-        limit_nanousd=current.limit_nanousd if limit_nanousd is None else limit_nanousd,
+        limit_nanousd=None
+        if no_limit
+        else (current.limit_nanousd if limit_nanousd is None else limit_nanousd),
         period=new_period,
         window_s=window_s,
         rpm=None if no_rpm else (current.rpm if rpm is None else rpm),
@@ -235,7 +275,7 @@ def merge_budget(
 
 @app.command("set")
 def set_budget(
-    user: UserArg,
+    scope_text: ScopeArg,
     limit_usd: Annotated[
         int | None,
         typer.Option(
@@ -289,24 +329,41 @@ def set_budget(
     no_tpm: Annotated[
         bool, typer.Option("--no-tpm", help="Remove the tokens-per-minute limit.")
     ] = False,
+    no_limit: Annotated[
+        bool,
+        typer.Option("--no-limit", help="No USD limit: rate limits or credits only."),
+    ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="A user's own limit on this model (checked with the user's); give it whole.",
+            show_default=False,
+        ),
+    ] = None,
+    as_user: AsUser = False,
     redis_url: RedisUrl = None,
 ) -> None:
-    """Create USER's budget, or change what is given of it.
+    """Create SCOPE's budget, or change what is given of it.
 
-    A new budget needs --limit-usd and is daily with no rate limits unless told
-    otherwise. An existing budget keeps every limit not named here (--rpm 60 alone
-    changes only the rpm); --no-rpm and --no-tpm remove a rate limit. What USER spent
-    in the current period is kept.
+    A new budget needs --limit-usd (or --no-limit) and is daily with no rate limits
+    unless told otherwise. An existing budget keeps every limit not named here (--rpm 60
+    alone changes only the rpm); --no-rpm and --no-tpm remove a rate limit. What SCOPE
+    spent in the current period is kept. A team must exist first (budget team).
     """
+    scope = parse_scope(scope_text, as_user=as_user)
     period_: ledger.Period | None = None if period is None else period.value
     # Refused before Redis is reached: wrong whatever the current budget is.
     _refuse_contradictions(period_, window_s, rpm, tpm, no_rpm=no_rpm, no_tpm=no_tpm)
+
+    if model is not None and scope.kind != "user":
+        raise typer.BadParameter("applies to a user only", param_hint="'--model'")
 
     async def run(book: ledger.Ledger) -> ledger.Budget:
         # Read, then write: two operators changing one user at the same instant may
         # lose one change (the last write wins); the ledger's own steps stay atomic.
         budget = merge_budget(
-            await book.get_budget(user),
+            None if model is not None else await book.get_budget(scope),
             limit_nanousd=limit_usd,
             period=period_,
             window_s=window_s,
@@ -314,52 +371,86 @@ def set_budget(
             tpm=tpm,
             no_rpm=no_rpm,
             no_tpm=no_tpm,
+            no_limit=no_limit,
         )
-        await book.set_budget(user, budget)
+        try:
+            if model is not None:
+                await book.set_model_budget(scope.id, model, budget)
+            else:
+                await book.set_budget(scope, budget)
+        except ValueError as exc:  # a team that was never created
+            _fail(str(exc))
         return budget
 
     budget = _ledger_call(redis_url, run)
-    typer.echo(
-        f"budget of {user!r} set: {format_limit(budget.limit_nanousd)} {_period_words(budget)}"
-        + _rates(budget)
-    )
+    words = f"{format_limit(budget.limit_nanousd)} {_period_words(budget)}"
+    on = f" on {model!r}" if model is not None else ""
+    typer.echo(f"budget of {label(scope)}{on} set: {words}" + _rates(budget))
 
 
 @app.command("show")
-def show(user: UserArg, as_json: AsJson = False, redis_url: RedisUrl = None) -> None:
-    """USER's limit, spend, reservations, remaining money, per-model spend and period end."""
-    state = _ledger_call(redis_url, lambda book: book.state(user))
+def show(
+    scope_text: ScopeArg,
+    as_json: AsJson = False,
+    as_user: AsUser = False,
+    redis_url: RedisUrl = None,
+) -> None:
+    """SCOPE's limit, spend, reservations, credits, remaining money, per-model spend,
+    membership and period end."""
+    scope = parse_scope(scope_text, as_user=as_user)
+    state = _ledger_call(redis_url, lambda book: book.state(scope))
     if state is None:
-        _no_budget(user)
+        _no_budget(scope)
     if as_json:
         typer.echo(json.dumps(state_json(state)))
         return
     Console().print(_state_table(state))
 
 
+class KindChoice(StrEnum):
+    user = "user"
+    team = "team"
+    org = "org"
+
+
 @app.command("list")
-def list_budgets(as_json: AsJson = False, redis_url: RedisUrl = None) -> None:
-    """Every user with a budget: limit, spent and remaining in the current period."""
+def list_budgets(
+    as_json: AsJson = False,
+    kind: Annotated[KindChoice, typer.Option("--kind", help="Which scopes to list.")] = (
+        KindChoice.user
+    ),
+    redis_url: RedisUrl = None,
+) -> None:
+    """Every user (or team, or org) with a budget: limit, spent and remaining now."""
 
     async def run(book: ledger.Ledger) -> list[ledger.BudgetState]:
-        users = await book.list_users()
-        states = await asyncio.gather(*(book.state(user) for user in users))
+        names: list[str] = []
+        cursor: str | None = None
+        while True:
+            page = await book.list_scopes(kind.value, cursor)
+            names += page.items
+            cursor = page.cursor
+            if cursor is None:
+                break
+        scopes = [ledger.Scope(kind.value, name) for name in sorted(set(names))]
+        states = await asyncio.gather(*(book.state(scope) for scope in scopes))
         # A budget deleted between the two reads is simply not listed.
         return [state for state in states if state is not None]
 
     states = _ledger_call(redis_url, run)
     if as_json:
-        typer.echo(json.dumps({"users": [state_json(state) for state in states]}))
+        key = {"user": "users", "team": "teams", "org": "orgs"}[kind.value]
+        typer.echo(json.dumps({key: [state_json(state) for state in states]}))
         return
     if not states:
         typer.echo("no budgets")
         return
-    table = Table("user", "limit", "spent", "remaining", "period", "period end")
+    table = Table(kind.value, "limit", "spent", "remaining", "period", "period end")
     for state in states:
         snapshot = state.snapshot
         table.add_row(
             Text(state.user_id),
-            format_usd(snapshot.limit_nanousd),
+            format_limit(state.budget.limit_nanousd),
             format_usd(snapshot.spent_nanousd),
             format_usd(snapshot.remaining_nanousd),
             _period(state.budget),
@@ -369,23 +460,259 @@ def list_budgets(as_json: AsJson = False, redis_url: RedisUrl = None) -> None:
 
 
 @app.command("reset")
-def reset(user: UserArg, redis_url: RedisUrl = None) -> None:
-    """Zero USER's spend in the current period (calls in flight keep their reservations)."""
-    if not _ledger_call(redis_url, lambda book: book.reset(user)):
-        _no_budget(user)
-    typer.echo(f"spend of {user!r} in the current period reset to $0")
+def reset(scope_text: ScopeArg, as_user: AsUser = False, redis_url: RedisUrl = None) -> None:
+    """Zero SCOPE's spend in the current period (calls in flight keep their reservations;
+    credits already drawn stay drawn)."""
+    scope = parse_scope(scope_text, as_user=as_user)
+    if not _ledger_call(redis_url, lambda book: _or_none(book.reset(scope))):
+        _no_budget(scope)
+    typer.echo(f"spend of {label(scope)} in the current period reset to $0")
 
 
 @app.command("delete")
-def delete(user: UserArg, redis_url: RedisUrl = None) -> None:
-    """Remove USER's budget and rate limits.
+def delete(scope_text: ScopeArg, as_user: AsUser = False, redis_url: RedisUrl = None) -> None:
+    """Remove SCOPE's limits and rate limits.
 
-    USER's next jobs are refused no_budget (or get BW_DEFAULT_BUDGET_USD where it is
-    set); the current period's spend and reservations in flight expire on their own.
+    A user's next jobs are refused no_budget (or get BW_DEFAULT_BUDGET_USD where it is
+    set) unless its team or organisation has money; the current period's spend,
+    credits and reservations in flight stay and expire on their own.
     """
-    if not _ledger_call(redis_url, lambda book: book.delete(user)):
-        _no_budget(user)
-    typer.echo(f"budget of {user!r} deleted")
+    scope = parse_scope(scope_text, as_user=as_user)
+    if not _ledger_call(redis_url, lambda book: _or_none(book.delete(scope))):
+        _no_budget(scope)
+    typer.echo(f"budget of {label(scope)} deleted")
+
+
+async def _or_none(step: Awaitable[bool]) -> bool:
+    """A step on a team that was never created answers like a scope without budget."""
+    try:
+        return await step
+    except ValueError:
+        return False
+
+
+# --- membership -------------------------------------------------------------------------
+
+
+@app.command("team")
+def team(
+    team_id: Annotated[str, typer.Argument(metavar="TEAM", help="The team id.")],
+    org: Annotated[
+        str, typer.Option("--org", help="The organisation the team belongs to (fixed).")
+    ],
+    redis_url: RedisUrl = None,
+) -> None:
+    """Create TEAM in organisation ORG (idempotent). Its budget is set with
+    ``budget set team:TEAM``; members join with ``budget member``."""
+
+    async def run(book: ledger.Ledger) -> None:
+        try:
+            await book.create_team(team_id, org)
+        except ValueError as exc:
+            _fail(str(exc), code=2)
+
+    _ledger_call(redis_url, run)
+    typer.echo(f"team:{team_id} is in org:{org}")
+
+
+@app.command("member")
+def member(
+    user: UserArg,
+    team_id: Annotated[
+        str | None, typer.Option("--team", help="Put USER in this team.", show_default=False)
+    ] = None,
+    org: Annotated[
+        str | None,
+        typer.Option(
+            "--org", help="Put USER in this organisation, in no team.", show_default=False
+        ),
+    ] = None,
+    none: Annotated[bool, typer.Option("--none", help="Take USER out of any team and org.")] = (
+        False
+    ),
+    redis_url: RedisUrl = None,
+) -> None:
+    """Set USER's team (and so its organisation), or organisation, or neither.
+
+    Jobs in flight settle into the scopes they were reserved against. Moving to another
+    organisation moves USER's limits, current spend and credits with it, and waits for
+    USER's jobs in flight to end (exit 1 until they have)."""
+    if sum((team_id is not None, org is not None, none)) != 1:
+        raise typer.BadParameter("give exactly one of --team, --org, --none")
+
+    async def run(book: ledger.Ledger) -> None:
+        try:
+            await book.set_membership(user, team=team_id, org=org)
+        except ValueError as exc:
+            _fail(str(exc), code=2)
+        except ledger.JobsInFlight as exc:
+            _fail(str(exc))
+
+    _ledger_call(redis_url, run)
+    where = f"team:{team_id}" if team_id else f"org:{org}" if org else "no team or org"
+    typer.echo(f"user {user!r} is in {where}")
+
+
+# --- credits ----------------------------------------------------------------------------
+
+
+def parse_signed_usd(text: str) -> int:
+    """Like ``parse_usd``, but an adjustment may be negative (never zero)."""
+    stripped = text.strip()
+    negative = stripped.startswith("-")
+    amount = parse_usd(stripped[1:] if negative else stripped)
+    if amount == 0:
+        raise typer.BadParameter("an adjustment of $0 changes nothing")
+    return -amount if negative else amount
+
+
+def parse_time_ms(text: str) -> int:
+    """RFC 3339 (``2026-01-01T00:00:00Z``) to ms since the epoch."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not an RFC 3339 time") from None
+    if moment.tzinfo is None:
+        raise typer.BadParameter(f"{text!r} has no time zone (add Z for UTC)")
+    return int((moment - _EPOCH) / timedelta(milliseconds=1))
+
+
+IdOpt = Annotated[
+    str,
+    typer.Option("--id", help="An id of your choosing: the same id again changes nothing."),
+]
+
+
+@app.command("grant")
+def grant(
+    scope_text: ScopeArg,
+    amount: Annotated[
+        int,
+        typer.Option("--amount-usd", parser=parse_usd, metavar="USD", help="Credit, in USD."),
+    ],
+    grant_id: IdOpt,
+    priority: Annotated[
+        int, typer.Option("--priority", help="Lower draws first.", min=-(10**6), max=10**6)
+    ] = 0,
+    effective: Annotated[
+        int | None,
+        typer.Option("--effective", parser=parse_time_ms, metavar="TIME", help="Usable from."),
+    ] = None,
+    expires: Annotated[
+        int | None,
+        typer.Option(
+            "--expires", parser=parse_time_ms, metavar="TIME", help="Gone at (default: never)."
+        ),
+    ] = None,
+    as_user: AsUser = False,
+    redis_url: RedisUrl = None,
+) -> None:
+    """Add prepaid credit to SCOPE (a top-up is a new grant). Spend beyond the period's
+    allowance draws from grants by priority, then earliest expiry."""
+    scope = parse_scope(scope_text, as_user=as_user)
+    try:
+        wanted = ledger.Grant(
+            grant_id, amount, priority=priority, effective_ms=effective or 0, expires_ms=expires
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+    async def run(book: ledger.Ledger) -> tuple[bool, ledger.Grant]:
+        try:
+            return await book.grant(scope, wanted)
+        except ValueError as exc:
+            _fail(str(exc))
+
+    created, stored = _ledger_call(redis_url, run)
+    if created:
+        typer.echo(f"granted {format_usd(stored.amount_nanousd)} to {label(scope)} ({grant_id})")
+    else:
+        left = format_usd(stored.remaining_nanousd or 0)
+        typer.echo(f"grant {grant_id} of {label(scope)} exists already ({left} left); unchanged")
+
+
+@app.command("adjust")
+def adjust(
+    scope_text: ScopeArg,
+    amount: Annotated[
+        int,
+        typer.Option(
+            "--amount-usd",
+            parser=parse_signed_usd,
+            metavar="USD",
+            help="Credit to add, or with a minus sign to take (e.g. --amount-usd=-0.5).",
+        ),
+    ],
+    adjustment_id: IdOpt,
+    note: Annotated[str, typer.Option("--note", help="Why, kept in the history.")] = "",
+    as_user: AsUser = False,
+    redis_url: RedisUrl = None,
+) -> None:
+    """Change SCOPE's credits by hand, once per id."""
+    scope = parse_scope(scope_text, as_user=as_user)
+
+    async def run(book: ledger.Ledger) -> int:
+        try:
+            return await book.adjust(scope, adjustment_id, amount, note)
+        except ValueError as exc:
+            _fail(str(exc))
+
+    applied = _ledger_call(redis_url, run)
+    sign = "-" if applied < 0 else "+"
+    typer.echo(f"credits of {label(scope)} adjusted {sign}{format_usd(abs(applied))}")
+
+
+@app.command("history")
+def history(
+    scope_text: ScopeArg,
+    as_json: AsJson = False,
+    as_user: AsUser = False,
+    redis_url: RedisUrl = None,
+) -> None:
+    """Every credit entry of SCOPE, oldest first: grants, draws (which job, which grant),
+    expiries and adjustments. The balance is their sum."""
+    scope = parse_scope(scope_text, as_user=as_user)
+
+    async def run(book: ledger.Ledger) -> list[ledger.Entry]:
+        found: list[ledger.Entry] = []
+        try:
+            while True:
+                page = await book.history(scope, len(found), 1000)
+                found += page
+                if len(page) < 1000:
+                    return found
+        except ValueError as exc:
+            _fail(str(exc))
+
+    entries = _ledger_call(redis_url, run)
+    balance = sum(entry.amount_nanousd for entry in entries)
+    if as_json:
+        rows = [
+            {
+                "id": e.id,
+                "kind": e.kind,
+                "amount_nanousd": e.amount_nanousd,
+                "grant": e.grant,
+                "at": rfc3339(e.at_ms),
+                "note": e.note,
+            }
+            for e in entries
+        ]
+        typer.echo(json.dumps({"scope": str(scope), "entries": rows, "balance_nanousd": balance}))
+        return
+    table = Table("at", "kind", "amount", "grant", "id", "note", title=Text(f"credits of {scope}"))
+    for e in entries:
+        sign = "-" if e.amount_nanousd < 0 else "+"
+        table.add_row(
+            rfc3339(e.at_ms) or "",
+            e.kind,
+            f"{sign}{format_usd(abs(e.amount_nanousd))}",
+            Text(e.grant),
+            Text(e.id),
+            Text(e.note),
+        )
+    Console().print(table)
+    typer.echo(f"balance {format_usd(balance)}")
 
 
 # --- output -----------------------------------------------------------------------------
@@ -395,8 +722,9 @@ def state_json(state: ledger.BudgetState) -> dict[str, Any]:
     """``budget show --json``: money as integers of nano-USD, times in RFC 3339."""
     snapshot, budget = state.snapshot, state.budget
     return {
+        "scope": str(state.scope),
         "user_id": state.user_id,
-        "limit_nanousd": snapshot.limit_nanousd,
+        "limit_nanousd": budget.limit_nanousd,
         "spent_nanousd": snapshot.spent_nanousd,
         "reserved_nanousd": snapshot.reserved_nanousd,
         "remaining_nanousd": snapshot.remaining_nanousd,
@@ -406,6 +734,10 @@ def state_json(state: ledger.BudgetState) -> dict[str, Any]:
         "model_spend_nanousd": dict(sorted(state.model_spend_nanousd.items())),
         "rpm": budget.rpm,
         "tpm": budget.tpm,
+        "credits_nanousd": state.credits_nanousd,
+        "drawn_nanousd": state.drawn_nanousd,
+        "team": state.team,
+        "org": state.org,
     }
 
 
@@ -428,11 +760,12 @@ def _rates(budget: ledger.Budget) -> str:
 
 def _state_table(state: ledger.BudgetState) -> Table:
     snapshot, budget = state.snapshot, state.budget
-    table = Table(title=Text(f"budget of {state.user_id}"), show_header=False)
+    name = state.user_id if state.scope.kind == "user" else str(state.scope)
+    table = Table(title=Text(f"budget of {name}"), show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     rows = [
-        ("limit", format_usd(snapshot.limit_nanousd)),
+        ("limit", format_limit(budget.limit_nanousd)),
         ("spent", format_usd(snapshot.spent_nanousd)),
         ("reserved", format_usd(snapshot.reserved_nanousd)),
         ("remaining", format_usd(snapshot.remaining_nanousd)),
@@ -440,6 +773,10 @@ def _state_table(state: ledger.BudgetState) -> Table:
         ("period end", rfc3339(snapshot.period_end_ms) or "never"),
         ("rpm", str(budget.rpm) if budget.rpm is not None else "-"),
         ("tpm", str(budget.tpm) if budget.tpm is not None else "-"),
+        ("credits", format_usd(state.credits_nanousd)),
+        ("drawn from credits", format_usd(state.drawn_nanousd)),
+        ("team", state.team or "-"),
+        ("org", state.org or "-"),
     ]
     for field, value in rows:
         table.add_row(field, value)

@@ -186,6 +186,7 @@ class JobPath:
             retry_after_s=refusal.retry_after_s,
             estimated_cost_nanousd=wanted.cost_nanousd,
             budget=refused.snapshot if refused is not None else None,
+            refused=refused,
         )
 
     async def _refuse(

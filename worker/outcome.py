@@ -62,6 +62,7 @@ class Outcomes:
         retry_after_s: float | None = None,
         estimated_cost_nanousd: int | None = None,
         budget: ledger.PeriodSnapshot | None = None,
+        refused: ledger.Refused | None = None,
     ) -> CompletionRejected:
         return CompletionRejected(
             type="completion.rejected",
@@ -75,6 +76,8 @@ class Outcomes:
             retry_after_s=retry_after_s,
             estimated_cost_nanousd=estimated_cost_nanousd,
             budget=snapshot(budget),
+            scope=refused.scope[:300] if refused is not None and refused.scope else None,
+            limit=refused.limit if refused is not None else None,
         )
 
     def reject_job(

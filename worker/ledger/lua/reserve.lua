@@ -94,16 +94,32 @@ if not budget then
   return {3}
 end
 local path = path_of(user_p, ARGV[9], ARGV[10], budget)
-local any_money = false
+local budgets, any_money = {}, false
 for i = 1, #path do
-  if has_money((i == 1) and budget or read_budget(path[i])) then any_money = true end
+  budgets[i] = (i == 1) and budget or read_budget(path[i])
+  if has_money(budgets[i]) then any_money = true end
 end
 if not any_money then
   return {3}
 end
+
+-- What a snapshot of scope s reports as remaining once `reserved` is held: its room
+-- (allowance left plus usable credits, less what is reserved), never below 0; 0 for a
+-- scope that caps no money. The same as common.lua's remaining_of, from values read.
+local function remaining_in(s, reserved)
+  if not s.room then
+    return '0'
+  end
+  local room = (s.b.limit or 0) - (tonumber(s.spent_s) - s.drawn) + s.credits - reserved
+  if room < 0 then
+    return '0'
+  end
+  return istr(room)
+end
+
 local scopes, limits = {}, {}
 for i = 1, #path do
-  local b = (i == 1) and budget or read_budget(path[i])
+  local b = budgets[i]
   local s = {p = path[i], b = b, period = '', period_end = -1, spent_s = '0', reserved_s = '0'}
   if b then
     s.period, s.period_end = budget_period(b, now)
@@ -111,8 +127,9 @@ for i = 1, #path do
     local drawn_s
     s.spent_s, s.reserved_s, drawn_s = read_spend(s.spend_key)
     local credits = credits_of(live_grants(path[i], now))
-    local room = usd_room(b, tonumber(s.spent_s), tonumber(s.reserved_s), tonumber(drawn_s),
-      credits)
+    s.drawn, s.credits = tonumber(drawn_s), credits
+    local room = usd_room(b, tonumber(s.spent_s), tonumber(s.reserved_s), s.drawn, credits)
+    s.room = room
     if room then
       -- cap: the most this scope could ever allow in this period
       limits[#limits + 1] = {scope = s, name = 'usd', kind = 'spend', room = room,
@@ -156,7 +173,7 @@ for i = 1, #limits do
 end
 if refused then
   local s = refused.scope
-  local rem = remaining_of(s.b, s.spent_s, s.reserved_s, s.p, s.period, now)
+  local rem = remaining_in(s, tonumber(s.reserved_s))
   return {2, refused.name, istr(refused_remaining), istr(refused_retry), s.b.limit_s or '0',
     s.spent_s, s.reserved_s, s.period_end, budget.needs_index, s.b.label, rem}
 end
@@ -197,6 +214,6 @@ if state then
 end
 redis.call('ZADD', KEYS[1], istr(deadline), token)
 live_adjust(user_p, 1)
-local rem = remaining_of(budget, user.spent_s, user.new_reserved, user_p, user.period, now)
+local rem = remaining_in(user, user.new_reserved)
 return {1, 0, cost_s, tokens_s, deadline, holder, budget.limit_s or '0', user.spent_s,
   user.new_reserved, user.period_end, budget.needs_index, rem}
