@@ -316,6 +316,8 @@ async def test_a_team_in_an_org_with_a_member(
     status, data = await call(api, "GET", "/v1/scopes/teams/eng")
     assert status == 200
     assert data["limit_nanousd"] == 1000
+    status, data = await call(api, "GET", "/v1/scopes/orgs/acme")
+    assert (status, data["limit_nanousd"]) == (200, None)  # created with the team, no cap
     status, _ = await call(api, "DELETE", "/v1/scopes/users/alice/membership")
     assert status == 204
     state = await book.state("alice")

@@ -140,7 +140,7 @@ def state_json(state: ledger.BudgetState) -> dict[str, Any]:
     return {
         "scope": scope_json(state.scope),
         "budget": budget_json(state.budget),
-        "limit_nanousd": snapshot.limit_nanousd,
+        "limit_nanousd": state.budget.limit_nanousd,  # None: no USD cap (as budget show)
         "spent_nanousd": snapshot.spent_nanousd,
         "reserved_nanousd": snapshot.reserved_nanousd,
         "remaining_nanousd": snapshot.remaining_nanousd,
