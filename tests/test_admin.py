@@ -5,6 +5,7 @@ docs/admin-openapi.yaml with schemathesis."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import socket
@@ -795,3 +796,31 @@ async def test_a_claim_of_a_request_that_never_finished_lapses_soon(book: ledger
     with pytest.raises(ApiError) as refused:
         await store.claim("k", "fingerprint")
     assert (refused.value.status, refused.value.code) == (409, "idempotency_in_progress")
+
+
+def test_the_cli_and_the_api_change_the_same_budgets(admin_process: str, redis_url: str) -> None:
+    from typer.testing import CliRunner
+
+    from worker.budget_cli import app as budget_app
+
+    def cli(*args: str) -> str:
+        result = CliRunner().invoke(budget_app, [*args, "--redis-url", redis_url])
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    with httpx.Client(base_url=admin_process, headers=AUTH) as api:
+        budget = {"limit_nanousd": 200_000, "period": "weekly", "rpm": 60}
+        assert api.put("/v1/scopes/users/carol/budget", json=budget).status_code == 200
+        shown = json.loads(cli("show", "carol", "--json"))
+        assert (shown["limit_nanousd"], shown["period"], shown["rpm"]) == (200_000, "weekly", 60)
+
+        cli("grant", "carol", "--amount-usd", "0.5", "--id", "topup-1")
+        grant = {"id": "topup-1", "amount_nanousd": 500_000_000}
+        again = api.post("/v1/scopes/users/carol/grants", json=grant)
+        assert (again.status_code, again.json()["created"]) == (200, False)
+        state = api.get("/v1/scopes/users/carol").json()
+        assert (
+            state["credits_nanousd"]
+            == json.loads(cli("show", "carol", "--json"))["credits_nanousd"]
+            == 500_000_000
+        )
