@@ -11,6 +11,7 @@ import re
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from worker import ledger
 from worker.admin import create_app
-from worker.dev.servers import EmbeddedRedis, free_port
+from worker.dev.servers import EmbeddedRedis, EmbeddedRedisCluster, free_port
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -824,3 +825,42 @@ def test_the_cli_and_the_api_change_the_same_budgets(admin_process: str, redis_u
             == json.loads(cli("show", "carol", "--json"))["credits_nanousd"]
             == 500_000_000
         )
+
+
+async def test_the_api_on_redis_cluster(redis_cluster: EmbeddedRedisCluster) -> None:
+    """Every kind of step on Cluster: the directory and indexes, an org's slot, a
+    grant, a replayed key. The Cluster is shared and never flushed: ids are fresh."""
+    run = uuid.uuid4().hex[:8]
+    team, org, user = f"eng-{run}", f"acme-{run}", f"alice-{run}"
+    book = ledger.Ledger.from_url(redis_cluster.url, cluster=True)
+    try:
+        async with TestClient(TestServer(create_app(book, token=TOKEN))) as api:
+            assert (await call(api, "PUT", f"/v1/scopes/teams/{team}", {"org": org}))[0] == 200
+            budget = {"limit_nanousd": 1000}
+            assert (await call(api, "PUT", f"/v1/scopes/teams/{team}/budget", budget))[0] == 200
+            key = {"Idempotency-Key": f"user-{run}"}
+            for _ in range(2):
+                status, _ = await call(
+                    api, "PUT", f"/v1/scopes/users/{user}/budget", {"limit_nanousd": 500}, **key
+                )
+                assert status == 200
+            status, data = await call(
+                api, "PUT", f"/v1/scopes/users/{user}/membership", {"team": team}
+            )
+            assert (status, data["org"]) == (200, org)
+            grant = {"id": f"g-{run}", "amount_nanousd": 70}
+            assert (await call(api, "POST", f"/v1/scopes/users/{user}/grants", grant))[0] == 201
+            assert (await call(api, "POST", f"/v1/scopes/users/{user}/grants", grant))[0] == 200
+            status, data = await call(api, "GET", f"/v1/scopes/users/{user}")
+            assert (status, data["credits_nanousd"], data["team"]) == (200, 70, team)
+            teams: list[str] = []
+            cursor = ""
+            while True:
+                _, page = await call(api, "GET", f"/v1/scopes?kind=teams&cursor={cursor}")
+                teams += [item["name"] for item in page["items"]]
+                if page["next_cursor"] is None:
+                    break
+                cursor = page["next_cursor"]
+            assert team in teams
+    finally:
+        await book.close()
