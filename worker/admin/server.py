@@ -18,7 +18,7 @@ from aiohttp.typedefs import Handler
 from worker import ledger
 from worker.admin.auth import MIN_TOKEN_CHARS, bearer_auth
 from worker.admin.idempotency import IdempotencyStore, idempotent_writes
-from worker.admin.problems import ApiError, error_response, translate
+from worker.admin.problems import error_response, translate
 from worker.admin.routes import LEDGER, routes
 from worker.errors import ConfigError
 from worker.settings import Settings
@@ -74,7 +74,7 @@ def token_of(settings: Settings) -> str:
     return token
 
 
-async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+async def serve(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then finish requests under way and close."""
     token = token_of(settings)
     book = ledger.Ledger.from_settings(settings)
@@ -102,8 +102,6 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-            if ready is not None:
-                ready.set()
             await stop.wait()
         finally:
             await runner.cleanup()
@@ -112,4 +110,4 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
             await book.close()
 
 
-__all__ = ["ApiError", "create_app", "serve", "token_of"]
+__all__ = ["create_app", "serve", "token_of"]
