@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import socket
@@ -536,6 +537,19 @@ async def test_the_same_key_replays_the_first_answer(
     assert again.headers["Idempotent-Replayed"] == "true"
     assert await again.json() == await first.json()
     assert await book.get_budget("alice") == ledger.Budget(9)  # not written again
+
+
+async def test_each_write_leaves_one_log_line_without_its_body(
+    api: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="budget_worker.admin")
+    await call(api, "PUT", "/v1/scopes/users/alice/budget", {"limit_nanousd": 123_456_789})
+    await call(api, "GET", "/v1/scopes/users/alice")
+    writes = [r for r in caplog.records if r.getMessage() == "admin write"]
+    facts = [(vars(r)["method"], vars(r)["path"], vars(r)["status"]) for r in writes]
+    assert facts == [("PUT", "/v1/scopes/users/alice/budget", 200)]
+    assert "123456789" not in caplog.text
+    assert TOKEN not in caplog.text
 
 
 async def test_the_same_key_with_another_body_is_422(api: TestClient[Any, Any]) -> None:

@@ -26,15 +26,31 @@ from worker.settings import Settings
 log = logging.getLogger("budget_worker.admin")
 
 
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every exception as the JSON error shape; and one log line per write, the audit
+    trail of who changed money when (method, path, status: never a body)."""
     try:
-        return await handler(request)
+        response = await handler(request)
     except Exception as exc:
         error = translate(exc)
         if error.status >= 500:
             log.error("admin request failed", exc_info=exc)
-        return error_response(error)
+        response = error_response(error)
+    if request.method in _WRITES and response.status != 401:
+        log.info(
+            "admin write",
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status,
+                "replayed": "Idempotent-Replayed" in response.headers,
+            },
+        )
+    return response
 
 
 def create_app(
