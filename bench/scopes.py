@@ -31,33 +31,37 @@ CALL_S = (0.001, 0.004)
 USERS, TEAMS = 50, 5
 
 
-async def _pairs(url: str, user: str, n: int) -> list[float]:
+async def _pairs(url: str, users: list[str], n: int, run: str) -> dict[str, list[float]]:
+    """Reserve + settle ``n`` times per user, the users taking turns, so that a noisy
+    neighbour on the machine hits every setup alike. Reserve times per user (s)."""
     from worker.ledger import Ledger
 
     book = Ledger.from_url(url)
-    took = []
+    took: dict[str, list[float]] = {user: [] for user in users}
     try:
         for i in range(n):
-            started = time.perf_counter()
-            await book.reserve(
-                user,
-                f"{user}-{i}",
-                cost_nanousd=ESTIMATE,
-                tokens=100,
-                lease_ms=60_000,
-                holder="b",
-                model="m",
-            )
-            took.append(time.perf_counter() - started)
-            await book.settle(
-                user,
-                f"{user}-{i}",
-                holder="b",
-                cost_nanousd=ESTIMATE // 2,
-                tokens=50,
-                model="m",
-                outcome=b"{}",
-            )
+            for user in users:
+                job = f"{run}-{i}"
+                started = time.perf_counter()
+                await book.reserve(
+                    user,
+                    job,
+                    cost_nanousd=ESTIMATE,
+                    tokens=100,
+                    lease_ms=60_000,
+                    holder="b",
+                    model="m",
+                )
+                took[user].append(time.perf_counter() - started)
+                await book.settle(
+                    user,
+                    job,
+                    holder="b",
+                    cost_nanousd=ESTIMATE // 2,
+                    tokens=50,
+                    model="m",
+                    outcome=b"{}",
+                )
     finally:
         await book.close()
     return took
@@ -94,15 +98,17 @@ async def latency(ctx: Context, n: int) -> dict[str, tuple[float, float, float]]
     finally:
         await book.close()
     found = {}
+    await _pairs(url, [alone, member], max(20, n // 10), "warm")
+    took = await _pairs(url, [alone, member], n, "run")
     for name, user in (("user alone (1 scope)", alone), ("user + team + org", member)):
-        await _pairs(url, user, max(20, n // 10))  # warm-up
+        # Redis's own time per script, each setup alone (commandstats is per command).
         calls0, usec0 = await _script_usec(url)
-        took = await _pairs(url, user, n)
+        await _pairs(url, [user], max(50, n // 4), f"usec-{user}")
         calls1, usec1 = await _script_usec(url)
         per_script = (usec1 - usec0) / max(1, calls1 - calls0)
         found[name] = (
-            percentile(took, 50) * 1000,
-            percentile(took, 99) * 1000,
+            percentile(took[user], 50) * 1000,
+            percentile(took[user], 99) * 1000,
             per_script,
         )
     return found

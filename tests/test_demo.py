@@ -25,7 +25,7 @@ from worker.dev.demo import (
     run_demo,
 )
 from worker.dev.servers import EmbeddedKafka
-from worker.ledger import Ledger
+from worker.ledger import Ledger, Scope
 
 SMALL = DemoOptions(
     users=3,
@@ -59,6 +59,15 @@ async def test_the_demo_numbers_are_the_ledgers_and_only_check_then_spend_oversp
             assert 0 < row.spent_nanousd <= budget
             assert row.succeeded >= 1 and row.refused >= 1
             assert row.lost == row.failed == 0
+        team = result.team
+        assert team is not None and team.held
+        state = await ledger.state(Scope("team", team.team))
+        assert state is not None and state.snapshot.limit_nanousd == 3 * budget // 2
+        assert team.spent_nanousd == state.snapshot.spent_nanousd <= team.budget_nanousd
+        assert team.spent_nanousd == sum(row.spent_nanousd for row in team.members)
+        assert sum(row.refused_by[f"team:{team.team}"] for row in team.members) >= 1
+        assert all(row.spent_nanousd < budget for row in team.members)
+        assert all(row.lost == row.failed == 0 for row in team.members)
     finally:
         await ledger.close()
     assert result.ledger_mismatches == []

@@ -10,6 +10,11 @@ until they are refused. It runs twice on the same workload against the same mode
 2. through BudgetManager's check-then-spend loop (:class:`CheckThenSpend`): check
    ``get_current_cost <= get_total_budget``, call the model, then ``update_cost``.
 
+Then a team: ``team_members`` more users, each with the same budget of their own, in a
+team whose daily budget is half of what they hold together. Their jobs go through
+budget-worker too: the team's budget holds (its jobs are refused naming ``team:...``)
+while each member still has room of their own.
+
 The model is the project's OpenAI-compatible fake, reached over HTTP, unless a real
 provider is chosen (``OPENAI_API_KEY`` set): then both halves make real, paid calls.
 
@@ -50,7 +55,7 @@ from schemas.money import NANOUSD_PER_USD, usd_to_nanousd
 from worker.client import JobClient, ResultWaiter, build_job
 from worker.dev.servers import EmbeddedKafka, EmbeddedRedis, free_port, scratch_dir
 from worker.errors import ProviderError
-from worker.ledger import Budget, Ledger
+from worker.ledger import Budget, Ledger, Scope
 from worker.settings import Settings
 
 if TYPE_CHECKING:
@@ -88,11 +93,15 @@ class DemoOptions:
     input_usd_per_token: Decimal | None = None
     output_usd_per_token: Decimal | None = None
     event_timeout_s: float = 60.0
+    team_members: int = 3
+    """Members of the team scenario (0: none); the team's budget is half of theirs."""
 
     def __post_init__(self) -> None:
         for name in ("users", "concurrency", "calls_per_user", "workers", "max_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.team_members < 0:
+            raise ValueError("team_members must be >= 0")
         if self.output_tokens < 0 or self.latency_ms < 0 or self.jitter_ms < 0:
             raise ValueError("output_tokens, latency_ms and jitter_ms must be >= 0")
         if (self.input_usd_per_token is None) != (self.output_usd_per_token is None):
@@ -127,6 +136,31 @@ class UserRow:
     spent_nanousd: int = 0
     ledger_spent_nanousd: int = 0
     ledger_reserved_nanousd: int = 0
+    refused_by: Counter[str] = field(default_factory=Counter)
+    """Refusals by the scope that refused (``user:...``, ``team:...``)."""
+
+
+@dataclass(slots=True)
+class TeamResult:
+    """The team scenario: its members through budget-worker, and the team's own spend
+    and reservations in the ledger after the run."""
+
+    team: str
+    budget_nanousd: int
+    members: list[UserRow]
+    member_budget_nanousd: int
+    spent_nanousd: int = 0
+    reserved_nanousd: int = 0
+
+    @property
+    def held(self) -> bool:
+        """The team's budget held: within its cap, jobs refused by it, and every member
+        below their own budget when it did."""
+        return (
+            self.spent_nanousd <= self.budget_nanousd
+            and sum(row.refused_by[f"team:{self.team}"] for row in self.members) > 0
+            and all(row.spent_nanousd < self.member_budget_nanousd for row in self.members)
+        )
 
 
 @dataclass(slots=True)
@@ -154,6 +188,7 @@ class DemoResult:
     compare_s: float
     events: int
     duplicates: int
+    team: TeamResult | None = None
 
     @property
     def budget_nanousd(self) -> int:
@@ -473,6 +508,10 @@ async def run_demo(
             progress.step(
                 f"check-then-spend: {progress.compare_checks} checks in {compare_s:.1f} s"
             )
+            team = None
+            if options.team_members:
+                progress.phase = "a team budget (budget-worker)"
+                team = await _team(options, system, ledger, run_id, progress)
             progress.phase = "stopping the workers and servers"
     except Exception:
         failed = True
@@ -496,7 +535,41 @@ async def run_demo(
         compare_s=compare_s,
         events=events,
         duplicates=duplicates,
+        team=team,
     )
+
+
+async def _team(
+    options: DemoOptions, system: _System, ledger: Ledger, run_id: str, progress: DemoProgress
+) -> TeamResult:
+    """Members with a budget each, in a team whose budget is half of theirs together,
+    through budget-worker; the team's spend from the ledger afterwards."""
+    team_id, org_id = f"demo-team-{run_id}", f"demo-org-{run_id}"
+    cap = options.budget_nanousd * options.team_members // 2
+    await ledger.create_team(team_id, org_id)
+    await ledger.set_budget(Scope("team", team_id), Budget(limit_nanousd=cap, period="daily"))
+    members = [
+        UserRow(f"member-{i + 1:02d}-{run_id}", f"member-{i + 1:02d}")
+        for i in range(options.team_members)
+    ]
+    own = Budget(limit_nanousd=options.budget_nanousd, period="daily")
+    for row in members:
+        await ledger.set_budget(row.user_id, own)
+        await ledger.set_membership(row.user_id, team=team_id)
+    progress.planned += options.team_members * options.calls_per_user
+    progress.step(
+        f"team {team_id}: {options.team_members} members, ${options.budget_usd} each, "
+        f"team budget {usd(cap)}"
+    )
+    await _through_budget_worker(options, system, members, f"{run_id}-team", progress)
+    await _read_ledger(ledger, members)
+    state = await ledger.state(Scope("team", team_id))
+    result = TeamResult(team_id, cap, members, options.budget_nanousd)
+    if state is not None:
+        result.spent_nanousd = state.snapshot.spent_nanousd
+        result.reserved_nanousd = state.snapshot.reserved_nanousd
+    progress.step(f"team: spent {usd(result.spent_nanousd)} of {usd(cap)}")
+    return result
 
 
 async def _read_ledger(ledger: Ledger, rows: list[UserRow]) -> None:
@@ -651,6 +724,7 @@ def _tally(row: UserRow, event: TerminalEvent, outcomes: Counter[str]) -> bool:
         return True
     if isinstance(event, CompletionRejected):
         row.refused += 1
+        row.refused_by[event.scope or event.reason] += 1
         outcomes[f"rejected: {event.reason}"] += 1
         return False
     row.failed += 1
@@ -818,6 +892,8 @@ def render_result(result: DemoResult, width: int = 150) -> RenderableType:
                 style="bold red",
             )
         )
+    if result.team is not None:
+        parts += _team_parts(result.team, budget)
     agreement = "" if mismatches else " equals the ledger's for every user"
     parts.append(
         Text(
@@ -832,6 +908,26 @@ def render_result(result: DemoResult, width: int = 150) -> RenderableType:
 
 
 _SIDE_BY_SIDE_WIDTH = 124
+
+
+def _team_parts(team: TeamResult, budget: int) -> list[RenderableType]:
+    members = _side_table(
+        f"budget-worker: team {team.team}, budget {usd(team.budget_nanousd)} a day",
+        [(r.label, r.succeeded, r.refused, r.spent_nanousd) for r in team.members],
+        budget,
+    )
+    by_team = sum(row.refused_by[f"team:{team.team}"] for row in team.members)
+    line = Text()
+    line.append(
+        f"The team spent {usd(team.spent_nanousd)} of its {usd(team.budget_nanousd)}",
+        style="bold green" if team.spent_nanousd <= team.budget_nanousd else "bold red",
+    )
+    room = "while each member had room of their own" if team.held else "(see the table)"
+    line.append(
+        f"; {by_team} jobs were refused by team:{team.team} {room}: the team's budget is "
+        "checked in the same Lua step as each member's."
+    )
+    return [members, line]
 
 
 def _side_table(title: str, rows: list[tuple[str, int, int, int]], budget: int) -> Table:

@@ -358,11 +358,12 @@ local function remaining_of(b, spent_s, reserved_s, p, period_id, now)
   return istr(room)
 end
 
--- Charge `cost_s` to scope p in `period_id`: spent (and per-model spend) grows, and
--- what the period allowance does not cover is drawn from credits, in their order.
-local function charge(p, period_id, period_end, cost_s, model, entry_id, now)
+-- Charge `cost_s` to scope p (budget record b, or nil) in `period_id`: spent (and
+-- per-model spend) grows, and what the period allowance does not cover is drawn from
+-- credits, in their order. Answers the new spent, and the scope's remaining after it
+-- (as remaining_of would, given `reserved_s` still held), without reading again.
+local function charge(p, b, period_id, period_end, cost_s, reserved_s, model, entry_id, now)
   local spend_key = p .. 'spend:' .. period_id
-  local b = read_budget(p)
   local spent_s, _, drawn_s = read_spend(spend_key)
   local spent = redis.call('HINCRBY', spend_key, 'spent', cost_s)
   if model and model ~= '' then
@@ -372,22 +373,29 @@ local function charge(p, period_id, period_end, cost_s, model, entry_id, now)
     -- The hash may be new (a late settle), or older than a lease extended for days.
     redis.call('PEXPIREAT', spend_key, istr(period_end + KEEP_MS))
   end
-  if b then
-    local grants = live_grants(p, now)
-    if #grants > 0 then
-      local cost = tonumber(cost_s)
-      local allowance = (b.limit or 0) - (tonumber(spent_s) - tonumber(drawn_s))
-      if allowance < 0 then allowance = 0 end
-      local from_credits = cost - math.min(cost, allowance)
-      if from_credits > 0 then
-        local drawn = draw(p, grants, from_credits, entry_id, now)
-        if drawn > 0 then
-          redis.call('HINCRBY', spend_key, 'drawn', istr(drawn))
-        end
+  if not b then
+    return spent, '0'
+  end
+  local grants = live_grants(p, now)
+  local drawn = tonumber(drawn_s)
+  if #grants > 0 then
+    local cost = tonumber(cost_s)
+    local allowance = (b.limit or 0) - (tonumber(spent_s) - drawn)
+    if allowance < 0 then allowance = 0 end
+    local from_credits = cost - math.min(cost, allowance)
+    if from_credits > 0 then
+      local taken = draw(p, grants, from_credits, entry_id, now)
+      if taken > 0 then
+        drawn = redis.call('HINCRBY', spend_key, 'drawn', istr(taken))
       end
     end
   end
-  return spent
+  local credits = credits_of(grants)
+  local room = usd_room(b, spent, tonumber(reserved_s), drawn, credits)
+  if not room or room < 0 then
+    return spent, '0'
+  end
+  return spent, istr(room)
 end
 
 -- Reclaim expired leases: every reservation whose deadline has passed gives its money

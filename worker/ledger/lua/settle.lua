@@ -98,7 +98,9 @@ for i = 1, #path do
     if own then
       unreserve(p, period_id, job[3])
     end
-    local charged = charge(p, period_id, end_ms, cost_s, model, 'draw:' .. token .. ':' .. holder, now)
+    local reserved_now = redis.call('HGET', p .. 'spend:' .. period_id, 'reserved') or '0'
+    local charged, left = charge(p, b, period_id, end_ms, cost_s, reserved_now, model,
+      'draw:' .. token .. ':' .. holder, now)
     if own and b and b.tpm then
       -- TPM: the estimate was taken at reserve ('held'); take the difference to the
       -- actual (a refund when the estimate was higher). A stale call's estimate was
@@ -108,9 +110,9 @@ for i = 1, #path do
     if i == 1 then
       if b then limit_s = b.limit_s or '0' end
       spent = istr(charged)
-      reserved = redis.call('HGET', p .. 'spend:' .. period_id, 'reserved') or '0'
+      reserved = reserved_now
       period_end = end_ms
-      remaining = remaining_of(b, spent, reserved, p, period_id, now)
+      remaining = left
     end
   end
 end
