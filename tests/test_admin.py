@@ -712,8 +712,9 @@ def test_the_server_matches_its_openapi_document(admin_process: str) -> None:
             "5",
             "--checks",
             "not_a_server_error,status_code_conformance,content_type_conformance,"
-            "response_schema_conformance,negative_data_rejection,use_after_free,"
-            "ensure_resource_availability",
+            "response_schema_conformance,response_headers_conformance,"
+            "negative_data_rejection,use_after_free,ensure_resource_availability,"
+            "ignored_auth",
             "--no-color",
         ],
         capture_output=True,
