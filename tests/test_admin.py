@@ -280,6 +280,14 @@ async def test_delete_budget_then_it_is_gone(
     assert status == 404
 
 
+@pytest.mark.parametrize(("method", "part"), [("DELETE", "budget"), ("POST", "reset")])
+async def test_a_team_never_created_has_no_budget_to_remove(
+    api: TestClient[Any, Any], method: str, part: str
+) -> None:
+    status, data = await call(api, method, f"/v1/scopes/teams/nope/{part}")
+    assert (status, error_of(data)) == (404, ("no_budget", "path.name"))
+
+
 async def test_reset_zeroes_the_spend(api: TestClient[Any, Any], book: ledger.Ledger) -> None:
     await book.set_budget("alice", ledger.Budget(100_000))
     await book.settle(

@@ -95,6 +95,15 @@ async def _step(call: Awaitable[T]) -> T:
         raise ApiError(409, "conflict", str(exc)) from None
 
 
+async def _or_none(step: Awaitable[bool]) -> bool:
+    """A delete or reset of a team never created answers like one without a budget (as
+    ``budget delete`` does): there is nothing of it to remove."""
+    try:
+        return await step
+    except ValueError:
+        return False
+
+
 async def _existing(book: ledger.Ledger, scope: ledger.Scope) -> ledger.BudgetState:
     state = await book.state(scope)
     if state is None:
@@ -171,7 +180,7 @@ async def change_budget(request: web.Request) -> web.Response:
 @routes.delete(_SCOPE + "/budget")
 async def delete_budget(request: web.Request) -> web.Response:
     scope = _scope(request)
-    if not await _step(_book(request).delete(scope)):
+    if not await _or_none(_book(request).delete(scope)):
         raise ApiError(404, "no_budget", f"{scope} has no budget", "path.name")
     return web.Response(status=204)
 
@@ -180,7 +189,7 @@ async def delete_budget(request: web.Request) -> web.Response:
 async def reset_spend(request: web.Request) -> web.Response:
     """Zero the current period's spend; reservations in flight stay."""
     scope = _scope(request)
-    if not await _step(_book(request).reset(scope)):
+    if not await _or_none(_book(request).reset(scope)):
         raise ApiError(404, "no_budget", f"{scope} has no budget", "path.name")
     return _json({"scope": bodies.scope_json(scope), "reset": True})
 
