@@ -94,6 +94,10 @@ class IdempotencyStore:
             return Answer(int(record["status"]), str(record["body"]))
         raise ApiError(409, "idempotency_in_progress", "the key keeps expiring", _FIELD)
 
+    # keep and give_up write without checking that the claim is still this request's:
+    # only a request running past CLAIM_TTL_S could find another's claim there, and
+    # then the two ran the same write (see the module docstring).
+
     async def keep(self, key: str, fingerprint: str, answer: Answer) -> None:
         record = {"fingerprint": fingerprint, "status": answer.status, "body": answer.body}
         await self.conn.command("SET", _name(key), json.dumps(record), "EX", self.ttl_s)
