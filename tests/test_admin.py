@@ -300,7 +300,9 @@ async def test_reset_zeroes_the_spend(api: TestClient[Any, Any], book: ledger.Le
     assert state.snapshot.spent_nanousd == 0
 
 
-async def test_a_model_budget_of_a_user(api: TestClient[Any, Any], book: ledger.Ledger) -> None:
+async def test_a_users_limit_on_a_model_named_with_a_slash(
+    api: TestClient[Any, Any], book: ledger.Ledger
+) -> None:
     await book.set_budget("alice", ledger.Budget(100_000))
     status, data = await call(
         api, "PUT", "/v1/scopes/users/alice/models/openai%2Fgpt-4o/budget", {"limit_nanousd": 9}
@@ -568,7 +570,9 @@ async def test_the_same_key_with_another_body_is_422(api: TestClient[Any, Any]) 
     assert error_of(data) == ("idempotency_key_reused", "header.Idempotency-Key")
 
 
-async def test_a_kept_answer_expires_after_the_ttl(book: ledger.Ledger, redis_url: str) -> None:
+async def test_a_kept_answer_has_the_ttl_and_replays_a_204(
+    book: ledger.Ledger, redis_url: str
+) -> None:
     app = create_app(book, token=TOKEN, idempotency_ttl_s=600)
     async with TestClient(TestServer(app)) as api:
         status, _ = await call(
