@@ -46,7 +46,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
             "aiohttp/connector",
         ),
     ),
-    ("worker: ledger (redis-py, Lua round trips)", ("worker/ledger.py", "site-packages/redis/")),
+    ("worker: ledger (redis-py, Lua round trips)", ("worker/ledger/", "site-packages/redis/")),
     ("worker: logging (stdlib + JSON formatter)", ("/logging/__init__", "worker/logs.py")),
     ("worker: prometheus metrics", ("prometheus_client/",)),
     ("worker: Kafka producer (aiokafka send)", ("aiokafka/producer",)),

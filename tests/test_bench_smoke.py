@@ -29,7 +29,7 @@ def bench_context(
 
 
 @pytest.mark.parametrize(
-    "name", ["pipeline", "admission", "overspend", "usability", "scaling", "latency"]
+    "name", ["pipeline", "admission", "overspend", "usability", "scaling", "latency", "scopes"]
 )
 async def test_benchmark_runs_and_reports(
     name: str, bench_context: Context, tmp_path: Path

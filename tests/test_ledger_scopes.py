@@ -12,6 +12,7 @@ import pytest
 
 from worker.ledger import (
     Budget,
+    Finished,
     Grant,
     JobsInFlight,
     Ledger,
@@ -337,3 +338,52 @@ async def test_team_credits_admit_members_past_the_team_allowance(ledger: Ledger
         300,
         100,
     )
+
+
+async def test_scopes_are_listed_page_by_page(ledger: Ledger, ids: str) -> None:
+    teams = {f"{ids}-team-{i}" for i in range(5)}
+    for team in teams:
+        await ledger.create_team(team, f"{ids}-acme")
+    found: set[str] = set()
+    cursor = None
+    for _ in range(100):
+        page = await ledger.list_scopes("team", cursor, count=2)
+        found |= set(page.items)
+        cursor = page.cursor
+        if cursor is None:
+            break
+    assert teams <= found
+    orgs: set[str] = set()
+    cursor = None
+    for _ in range(100):
+        page = await ledger.list_scopes("org", cursor, count=1000)
+        orgs |= set(page.items)
+        cursor = page.cursor
+        if cursor is None:
+            break
+    assert f"{ids}-acme" in orgs
+    with pytest.raises(ValueError):
+        await ledger.list_scopes("galaxy")
+
+
+async def test_a_process_with_a_stale_directory_follows_a_user_who_moved(
+    ledger: Ledger, ids: str, clock: Clock
+) -> None:
+    other = Ledger(ledger.conn.client, clock_ms=clock)  # its own directory cache
+    alice = f"{ids}:alice"
+    await ledger.set_budget(alice, Budget(1000, "none"))
+    assert isinstance(await reserve(other, alice, "j0", 100), Reserved)  # caches the slot
+    await settle(other, alice, "j0", 100)
+    await ledger.create_team(f"{ids}-eng", f"{ids}-acme")
+    await ledger.set_membership(alice, team=f"{ids}-eng")
+    # The stale process's refusal, reserve and release all land in the new slot.
+    finished = await other.finish(alice, "j1", outcome=b"refused")
+    assert finished.outcome == b"refused"
+    again = await ledger.reserve(
+        alice, "j1", cost_nanousd=1, tokens=0, lease_ms=60_000, holder="w2"
+    )
+    assert isinstance(again, Finished) and again.outcome == b"refused"
+    assert isinstance(await reserve(other, alice, "j2", 300), Reserved)
+    assert await other.release(alice, "j2", holder="w1", outcome=b"failed")
+    assert await money(ledger, alice) == (100, 0)
+    assert await money(ledger, Scope("team", f"{ids}-eng")) == (0, 0)

@@ -39,7 +39,7 @@ from tests.support import (
 from worker import ledger as ledger_module
 from worker.dev.servers import EmbeddedKafka, EmbeddedRedis, free_port
 from worker.errors import ConfigError, LedgerUnavailable
-from worker.ledger import Budget, LeaseRef, Ledger
+from worker.ledger import Budget, Grant, LeaseRef, Ledger, Scope
 from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(120)
@@ -198,7 +198,7 @@ def granted_commands() -> set[str]:
 
 
 def sent_commands() -> set[str]:
-    """Every command the ledger sends: those its Lua scripts call, those ledger.py sends
+    """Every command the ledger sends: those its Lua scripts call, those its modules send
     itself, and what redis-py sends for it (EVALSHA, SCRIPT LOAD when a script is not
     cached, SELECT for a database other than 0)."""
     package = Path(ledger_module.__file__).parent
@@ -209,7 +209,8 @@ def sent_commands() -> set[str]:
     }
     python = {
         name.lower()
-        for name in re.findall(r'_command\(\s*"([A-Z]+)"', Path(ledger_module.__file__).read_text())
+        for path in package.glob("*.py")
+        for name in re.findall(r'command\(\s*"([A-Z]+)"', path.read_text())
     }
     return lua | python | {"evalsha", "script|load", "select"}
 
@@ -224,7 +225,7 @@ def test_the_acl_grants_exactly_the_commands_the_ledger_sends() -> None:
     assert "-@all" in line.split() and "resetkeys" in line.split()
     assert {t for t in line.split() if t.startswith(("~", "%", "&", "allkeys", "allcommands"))} == {
         "~bw:*",
-        "~{bw:users}",
+        "~{bw:*}",  # the indexes and the directory: {bw:users}, {bw:teams}, {bw:orgs}, {bw:dir}
     }
 
 
@@ -260,6 +261,23 @@ async def test_every_ledger_operation_runs_under_the_worker_acl(
     await ledger.reserve("carol", "j4", cost_nanousd=1, tokens=1, lease_ms=60_000, holder="h")
     assert await ledger.list_users() == ["alice", "carol"]
     assert await ledger.delete("carol")
+    # Teams, membership (a move into an organisation's slot), credits and listings.
+    await ledger.create_team("eng", "acme")
+    await ledger.set_budget(Scope("team", "eng"), Budget(limit_nanousd=10**6, rpm=10))
+    await ledger.set_membership("alice", team="eng")
+    await ledger.grant("alice", Grant("g1", 500))
+    assert await ledger.adjust(Scope("team", "eng"), "a1", 300) == 300
+    reserved = await ledger.reserve(
+        "alice", "j5", cost_nanousd=10, tokens=1, lease_ms=60_000, holder="h", model="m"
+    )
+    assert type(reserved).__name__ == "Reserved"
+    await ledger.settle(
+        "alice", "j5", holder="h", cost_nanousd=10, tokens=1, model="m", outcome=b"{}"
+    )
+    assert [g.id for g in await ledger.grants("alice")] == ["g1"]
+    assert len(await ledger.history(Scope("team", "eng"))) == 1
+    assert (await ledger.list_scopes("team")).items == ["eng"]
+    await ledger.set_membership("alice")  # and out again
     assert acl_redis.denied_log() == []
 
 

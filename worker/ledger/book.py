@@ -294,22 +294,29 @@ class Ledger(ScopeOps):
         """Drop ``holder``'s reservation, charging nothing; True if it was live. Another
         holder's live reservation is never touched. With ``outcome`` the job is final;
         without, a redelivery may reserve it again."""
-        slot = await self.slot_of(user_id)
-        args = [*self._head(slot, job_id), utf8(holder)]
-        if outcome is None:
-            args += ["0", b"", self._outcome_ttl_ms]
-        else:
-            args += ["1", outcome, self._outcome_ttl_ms]
-        return bool(await self.conn.run("release", self._job_keys(slot, job_id), args))
+
+        async def step(slot: keys.Slot) -> Any:
+            args = [*self._head(slot, job_id), utf8(holder)]
+            if outcome is None:
+                args += ["0", b"", self._outcome_ttl_ms]
+            else:
+                args += ["1", outcome, self._outcome_ttl_ms]
+            args.append(slot.user(user_id))
+            return await self.conn.run("release", self._job_keys(slot, job_id), args)
+
+        return bool(await self._in_slot(user_id, step))
 
     async def finish(self, user_id: str, job_id: str, *, outcome: bytes) -> Finished | Busy:
         """Record the final outcome of a job that holds no reservation (a refusal); the
         first outcome stored wins and is returned (with its settle's snapshot, when the
         job was settled). :class:`Busy` when another delivery of the job holds a live
         reservation: its outcome will answer the job."""
-        slot = await self.slot_of(user_id)
-        args = [*self._head(slot, job_id), outcome, self._outcome_ttl_ms]
-        reply = await self.conn.run("finish", self._job_keys(slot, job_id), args)
+
+        async def step(slot: keys.Slot) -> Any:
+            args = [*self._head(slot, job_id), outcome, self._outcome_ttl_ms, slot.user(user_id)]
+            return await self.conn.run("finish", self._job_keys(slot, job_id), args)
+
+        reply = await self._in_slot(user_id, step)
         if reply[0] == 2:
             return Busy(holder=text(reply[1]))
         _, stored, has_snapshot, limit, spent, reserved, end, rem = reply

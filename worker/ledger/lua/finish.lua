@@ -6,12 +6,14 @@
 --   ARGV[3]  job token (the leases member, unused: nothing is reserved)
 --   ARGV[4]  outcome: the job's terminal event (e.g. a refusal)
 --   ARGV[5]  outcome_ttl_ms
+--   ARGV[6]  the user's scope prefix in this slot
 -- Returns {1, outcome, has_snapshot, limit_nanousd, spent, reserved, period_end_ms,
 --   remaining}: the
 --   stored outcome (the one given, or the first stored before it) and, when the job was
 --   settled, the snapshot of its settle; or {2, holder} when a live reservation of
 --   `holder` exists: another delivery of the job is running it, and its outcome, not
---   this one, will answer the job.
+--   this one, will answer the job; or {5, slot tag} when the job has no record here
+--   and its user moved to that slot (ask there).
 -- Idempotent: the first outcome wins. A settled job stays settled; any other job
 -- becomes 'released', so a redelivery answers finished.
 
@@ -21,6 +23,12 @@ reclaim(now)
 local job = redis.call('HMGET', KEYS[2], 'state', 'holder', 'snap_limit', 'snap_spent',
   'snap_reserved', 'period_end', 'snap_remaining')
 local state = job[1]
+if not state then
+  local moved = redis.call('HGET', ARGV[6] .. 'budget', 'moved_to')
+  if moved then
+    return {5, moved}
+  end
+end
 if state == 'reserved' then
   return {2, job[2]}
 end

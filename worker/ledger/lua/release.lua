@@ -7,7 +7,9 @@
 --   ARGV[5]  '1' when an outcome is given, else '0'
 --   ARGV[6]  outcome: the job's terminal event (ignored when ARGV[5] = '0')
 --   ARGV[7]  outcome_ttl_ms
--- Returns 1 when the holder's live reservation was dropped, else 0.
+--   ARGV[8]  the user's scope prefix in this slot
+-- Returns 1 when the holder's live reservation was dropped, else 0; {5, slot tag} when
+-- the job has no record here and its user moved to that slot (ask there).
 -- Idempotent. Only the holder of a live reservation drops it; while another holder
 -- holds one, a stale holder's release changes nothing (its outcome is not stored
 -- either: the live holder will answer the job). With an outcome the job becomes final
@@ -24,6 +26,12 @@ reclaim(now)
 local job = redis.call('HMGET', KEYS[2], 'state', 'cost', 'held', 'period', 'holder', 'path',
   'periods')
 local state = job[1]
+if not state then
+  local moved = redis.call('HGET', ARGV[8] .. 'budget', 'moved_to')
+  if moved then
+    return {5, moved}
+  end
+end
 if state == 'settled' or state == 'released' then
   return 0
 end
