@@ -882,3 +882,44 @@ async def test_the_api_on_redis_cluster(redis_cluster: EmbeddedRedisCluster) -> 
             assert team in teams
     finally:
         await book.close()
+
+
+async def test_every_admin_operation_runs_under_the_workers_acl(tmp_path: Path) -> None:
+    """The operations guide says the worker's ACL line covers the admin process."""
+    from tests.test_security_redis import start_acl_redis
+
+    server = start_acl_redis(tmp_path)
+    book = ledger.Ledger.from_url(server.worker_url)
+    try:
+        async with TestClient(TestServer(create_app(book, token=TOKEN))) as api:
+            key = {"Idempotency-Key": "acl-1"}
+            steps: list[tuple[str, str, Any, dict[str, str]]] = [
+                ("PUT", "/v1/scopes/teams/eng", {"org": "acme"}, key),
+                ("PUT", "/v1/scopes/teams/eng", {"org": "acme"}, key),  # replayed
+                ("PUT", "/v1/scopes/teams/eng/budget", {"limit_nanousd": 1000}, {}),
+                ("PATCH", "/v1/scopes/users/alice/budget", {"limit_nanousd": 500}, {}),
+                ("PUT", "/v1/scopes/users/alice/models/m/budget", {"limit_nanousd": 5}, {}),
+                ("PUT", "/v1/scopes/users/alice/membership", {"team": "eng"}, {}),
+                ("GET", "/v1/scopes/users/alice/membership", None, {}),
+                ("POST", "/v1/scopes/users/alice/grants", {"id": "g", "amount_nanousd": 9}, {}),
+                (
+                    "POST",
+                    "/v1/scopes/users/alice/adjustments",
+                    {"id": "a", "amount_nanousd": 1},
+                    {},
+                ),
+                ("GET", "/v1/scopes/users/alice/grants", None, {}),
+                ("GET", "/v1/scopes/users/alice/history", None, {}),
+                ("GET", "/v1/scopes?kind=teams", None, {}),
+                ("GET", "/v1/scopes/users/alice", None, {}),
+                ("POST", "/v1/scopes/users/alice/reset", None, {}),
+                ("DELETE", "/v1/scopes/users/alice/membership", None, {}),
+                ("DELETE", "/v1/scopes/users/alice/budget", None, {}),
+            ]
+            for method, path, body, headers in steps:
+                status, data = await call(api, method, path, body, **headers)
+                assert status in (200, 201, 204), (method, path, data)
+        assert server.denied_log() == []
+    finally:
+        await book.close()
+        server.server.stop()
