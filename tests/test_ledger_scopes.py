@@ -387,3 +387,21 @@ async def test_a_process_with_a_stale_directory_follows_a_user_who_moved(
     assert await other.release(alice, "j2", holder="w1", outcome=b"failed")
     assert await money(ledger, alice) == (100, 0)
     assert await money(ledger, Scope("team", f"{ids}-eng")) == (0, 0)
+
+
+async def test_a_job_that_ended_before_its_user_moved_is_final_after_the_move(
+    ledger: Ledger, ids: str
+) -> None:
+    alice = f"{ids}:alice"
+    await ledger.set_budget(alice, Budget(1000, "none"))
+    await reserve(ledger, alice, "j1", 300)
+    settled = await settle(ledger, alice, "j1", 200)
+    await ledger.finish(alice, "j2", outcome=b"refused")
+    await ledger.create_team(f"{ids}-eng", f"{ids}-acme")
+    await ledger.set_membership(alice, team=f"{ids}-eng")
+    # Redelivered after the move: answered from the old slot, never run or charged again.
+    assert await reserve(ledger, alice, "j1", 300) == Finished(b"ok", settled.snapshot)
+    assert await reserve(ledger, alice, "j2", 300) == Finished(b"refused", None)
+    assert isinstance(await reserve(ledger, alice, "j3", 300), Reserved)
+    assert await money(ledger, alice) == (200, 300)
+    assert await money(ledger, Scope("team", f"{ids}-eng")) == (0, 300)

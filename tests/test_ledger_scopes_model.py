@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -226,13 +227,16 @@ scopes = st.sampled_from(SCOPES)
 
 class ScopesMachine(RuleBasedStateMachine):
     redis_url = ""
+    cluster = False
     jobs = Bundle("jobs")
 
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.model = ScopesModel()
-        self.ledger = Ledger.from_url(self.redis_url, clock_ms=lambda: self.model.now)
+        self.ledger = Ledger.from_url(
+            self.redis_url, cluster=self.cluster, clock_ms=lambda: self.model.now
+        )
         self.prefix = uuid.uuid4().hex[:8] + "/"
         self.next_id = 0
 
@@ -421,15 +425,25 @@ class ScopesMachine(RuleBasedStateMachine):
                 assert self.model.excess(s) <= s.overshoot
 
 
-def test_scopes_and_credits_agree_with_the_reference_model(redis_url: str) -> None:
+@pytest.mark.parametrize("server", ["redis", "cluster"])
+def test_scopes_and_credits_agree_with_the_reference_model(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    """On a single Redis, and (fewer examples) on the real Cluster, where the org's keys
+    and the users' own slots live on different nodes."""
+
     class Machine(ScopesMachine):
         pass
 
-    Machine.redis_url = redis_url
+    if server == "redis":
+        Machine.redis_url = request.getfixturevalue("redis_url")
+    else:
+        Machine.redis_url = request.getfixturevalue("redis_cluster").url
+        Machine.cluster = True
     run_state_machine_as_test(
         Machine,
         settings=settings(
-            max_examples=40,
+            max_examples=40 if server == "redis" else 12,
             stateful_step_count=40,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],

@@ -75,7 +75,7 @@ class Ledger(ScopeOps):
         if default_budget is not None and default_budget.limit_nanousd is None:
             raise ValueError("a default budget needs a USD limit")
         self._default_args: list[str | bytes] = (
-            [""]
+            ["", "", "", "", ""]
             if default_budget is None
             else [
                 str(default_budget.limit_nanousd),
@@ -164,6 +164,7 @@ class Ledger(ScopeOps):
         check_int("tokens", tokens, 0, MAX_TOKENS)
         check_int("lease_ms", lease_ms, 1, MAX_LEASE_MS)
         model_token = keys.encode_id(model) if model else ""
+        checked = "0"
 
         async def step(slot: keys.Slot) -> Any:
             args = [
@@ -177,10 +178,18 @@ class Ledger(ScopeOps):
                 "1" if slot.is_org else "0",
                 utf8(user_id),
                 *self._default_args,
+                checked,
             ]
             return await self.conn.run("reserve", self._job_keys(slot, job_id), args)
 
         reply = await self._in_slot(user_id, step)
+        if reply[0] == 7:
+            # The user moved here lately: a job that ended in its previous slot is final.
+            ended = await self._ended_in(keys.Slot(text(reply[1])), job_id)
+            if ended is not None:
+                return ended
+            checked = "1"
+            reply = await self._in_slot(user_id, step)
         kind = reply[0]
         if kind == 1:
             _, existing, cost, tokens_, deadline, holder_, limit, spent, reserved, end, ix, rem = (
@@ -218,6 +227,29 @@ class Ledger(ScopeOps):
                 snapshot=snapshot(limit, spent, reserved, end, rem) if has_snapshot else None,
             )
         raise LedgerError(f"reserve answered an unknown reply kind {kind!r}")
+
+    async def _ended_in(self, slot: keys.Slot, job_id: str) -> Finished | None:
+        """The job's final answer in ``slot`` (a user's previous one), if it ended there.
+        Plain reads: a final job record no longer changes."""
+        job = await self.conn.command(
+            "HMGET",
+            slot.job(job_id),
+            "state",
+            "snap_limit",
+            "snap_spent",
+            "snap_reserved",
+            "period_end",
+            "snap_remaining",
+        )
+        state = job[0]
+        if state not in (b"settled", b"released"):
+            return None
+        outcome = await self.conn.command("GET", slot.outcome(job_id))
+        view = None
+        if state == b"settled":
+            limit, spent, reserved, end, rem = (v or b"0" for v in job[1:])
+            view = snapshot(limit, spent, reserved, end or b"-1", rem)
+        return Finished(outcome=bytes(outcome) if outcome else None, snapshot=view)
 
     async def extend(self, user_id: str, job_id: str, *, lease_ms: int, holder: str) -> bool:
         """Move the lease deadline to ``lease_ms`` from now (0: due at once). False when

@@ -411,7 +411,7 @@ class ScopeOps:
         if kind == 1:
             data = text(out[1])
             json.loads(data)  # fail here, not inside a script, on a malformed answer
-            args = [*self._args(target, target.user(user_id)), data.encode(), b""]
+            args = [*self._args(target, target.user(user_id)), data.encode(), b"", source.tag]
             await self.conn.run("move_in", [target.leases], args)
             await self._place(user_id, target)
             done = [*self._args(source, source.user(user_id)), target.tag]

@@ -122,7 +122,8 @@ end
 -- when not set (a team may have only a rate limit, an org only credits).
 local function read_budget(p)
   local b = redis.call('HMGET', p .. 'budget', 'limit_nanousd', 'period', 'window_s',
-    'start_ms', 'rpm', 'tpm', 'indexed', 'label', 'team', 'moved_to', 'moving_until', 'user_id')
+    'start_ms', 'rpm', 'tpm', 'indexed', 'label', 'team', 'moved_to', 'moving_until', 'user_id',
+    'moved_from', 'moved_at')
   if not (b[1] or b[2] or b[5] or b[6] or b[8] or b[9] or b[10] or b[12]) then
     return nil
   end
@@ -133,7 +134,7 @@ local function read_budget(p)
     rpm = tonumber(b[5]), tpm = tonumber(b[6]),
     needs_index = (b[7] == '0') and 1 or 0,
     label = b[8] or (b[12] and ('user:' .. b[12])) or '', team = b[9], moved_to = b[10],
-    moving_until = tonumber(b[11]),
+    moving_until = tonumber(b[11]), moved_from = b[13], moved_at = tonumber(b[14]),
   }
 end
 

@@ -5,6 +5,8 @@
 --   ARGV[3]  the user's scope prefix in this slot
 --   ARGV[4]  the JSON move_out.lua answered
 --   ARGV[5]  the team's encoded id in this slot, or '' for none
+--   ARGV[6]  the old slot's tag: for keep_ms, a reserve of a job this slot has no
+--            record of asks the caller to look there first (it may have ended there)
 -- Returns 1.
 -- Idempotent: a move repeated after a crash writes the same state again. The user's
 -- limits, current-period spend, per-model limits, credits and their history move; past
@@ -35,6 +37,7 @@ end
 write_scope(p, data)
 redis.call('HSET', p .. 'budget', 'team', team)
 redis.call('HDEL', p .. 'budget', 'moved_to', 'moving_until')
+redis.call('HSET', p .. 'budget', 'moved_from', ARGV[6], 'moved_at', istr(now))
 write_map(p .. 'grants', data.grants)
 write_map(p .. 'adjusted', data.adjusted)
 redis.call('DEL', p .. 'entries')

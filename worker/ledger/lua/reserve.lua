@@ -15,6 +15,7 @@
 --   ARGV[11] the raw user id (the label of a default budget)
 --   ARGV[12] the default budget's limit_nanousd, or '' for no default; when given,
 --   ARGV[13..16]  its period, window_s, rpm, tpm ('' = none)
+--   ARGV[17] '1' when the caller has checked the user's previous slot for this job
 -- Returns one flat array, by its first element:
 --   {1, existing(0|1), cost_nanousd, tokens, lease_deadline_ms, holder,
 --       limit_nanousd, spent, reserved, period_end_ms(-1 none), needs_index,
@@ -29,6 +30,10 @@
 --   its credits, less what is reserved (never below 0).
 --   {5, slot prefix}     the user moved to another slot: ask there
 --   {6}                  the user is moving between slots now: ask again shortly
+--   {7, slot tag}        the user moved here from that slot within keep_ms and this
+--                        slot has no record of the job: look for it there first (a
+--                        job that ended before the move is final), then ask again
+--                        with ARGV[17] = '1'
 --   The snapshot of a reservation is the user's. needs_index = 1: the budget was made
 --   from the default and is not yet in the users index (another slot).
 -- Idempotent per job: a live reservation answers {1, 1, ...} with its holder and
@@ -64,6 +69,11 @@ if budget and budget.moved_to then
 end
 if budget and budget.moving_until and budget.moving_until > now then
   return {6}
+end
+
+if not state and budget and budget.moved_from and ARGV[17] ~= '1'
+    and budget.moved_at and now < budget.moved_at + KEEP_MS then
+  return {7, budget.moved_from}
 end
 
 if state == 'reserved' then
