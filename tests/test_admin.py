@@ -701,7 +701,7 @@ async def test_concurrent_retries_of_a_grant_grant_once_through_the_process(
     assert sorted(e.grant for e in entries) == ["second", "signup-bonus"]
 
 
-def test_the_server_matches_its_openapi_document(admin_process: str) -> None:
+def test_the_server_matches_its_openapi_document(admin_process: str, tmp_path: Path) -> None:
     result = subprocess.run(
         [
             str(Path(sys.executable).parent / "schemathesis"),
@@ -720,6 +720,7 @@ def test_the_server_matches_its_openapi_document(admin_process: str) -> None:
             "ignored_auth",
             "--no-color",
         ],
+        cwd=tmp_path,  # schemathesis keeps a cache in its working directory
         capture_output=True,
         text=True,
         timeout=110,
