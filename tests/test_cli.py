@@ -1,4 +1,4 @@
-"""``budget-worker run``'s start-up refusals: one line each, naming the setting."""
+"""``budget-worker run`` and ``admin`` start-up refusals: one line each, naming the setting."""
 
 from __future__ import annotations
 
@@ -27,3 +27,16 @@ def test_run_words_a_settings_error_without_pydantics_prefix() -> None:
     assert result.stderr == (
         "error: invalid settings: BW_KAFKA_BOOTSTRAP: must name at least one host:port\n"
     )
+
+
+def test_admin_refuses_to_start_without_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BW_ADMIN_TOKEN", raising=False)
+    result = CliRunner().invoke(app, ["admin", "--port", "0"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: BW_ADMIN_TOKEN is not set: the admin API answers")
+
+
+def test_admin_names_a_bad_port_flag() -> None:
+    result = CliRunner().invoke(app, ["admin", "--port", "70000"], env={"BW_ADMIN_TOKEN": "x" * 20})
+    assert result.exit_code == 2
+    assert "--port" in result.stderr

@@ -50,10 +50,10 @@ from worker.budget_view import (
     period_text,
     period_words,
     rates_text,
-    rfc3339,
     state_json,
     state_table,
 )
+from worker.timestamps import rfc3339
 
 __all__ = ["app", "format_usd", "parse_usd", "rfc3339", "state_json"]
 

@@ -4,7 +4,7 @@ prepaid credits with the entries that account for every nano-USD of them."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -23,7 +23,8 @@ from worker.budget_args import (
     parse_scope,
     parse_usd,
 )
-from worker.budget_view import EPOCH, format_usd, history_json, history_table
+from worker.budget_view import format_usd, history_json, history_table
+from worker.timestamps import epoch_ms
 
 members = typer.Typer()
 """The commands of this module; ``worker.budget_cli`` adds them to its own."""
@@ -112,7 +113,7 @@ def parse_time_ms(text: str) -> int:
         raise typer.BadParameter(f"{text!r} is not an RFC 3339 time") from None
     if moment.tzinfo is None:
         raise typer.BadParameter(f"{text!r} has no time zone (add Z for UTC)")
-    return int((moment - EPOCH) / timedelta(milliseconds=1))
+    return epoch_ms(moment)
 
 
 IdOpt = Annotated[

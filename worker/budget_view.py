@@ -3,7 +3,6 @@ RFC 3339 UTC, the JSON of ``--json`` and the tables."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rich.table import Table
@@ -11,8 +10,7 @@ from rich.text import Text
 
 from schemas.money import nanousd_to_decimal
 from worker import ledger
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+from worker.timestamps import rfc3339
 
 
 def format_usd(nanousd: int) -> str:
@@ -24,15 +22,6 @@ def format_usd(nanousd: int) -> str:
 def format_limit(nanousd: int | None) -> str:
     """A USD limit, or ``no USD limit`` for a scope that caps rates or credits only."""
     return "no USD limit" if nanousd is None else format_usd(nanousd)
-
-
-def rfc3339(ms: int | None) -> str | None:
-    """A time in ms since the epoch as RFC 3339 UTC (``2025-01-02T00:00:00Z``)."""
-    if ms is None:
-        return None
-    moment = EPOCH + timedelta(milliseconds=ms)
-    timespec = "seconds" if ms % 1000 == 0 else "milliseconds"
-    return moment.isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def state_json(state: ledger.BudgetState) -> dict[str, Any]:

@@ -1,17 +1,18 @@
-"""The console script ``budget-worker``: run, budget, topics, submit, dev, demo,
+"""The console script ``budget-worker``: run, admin, budget, topics, submit, dev, demo,
 fake-provider."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+from typing import Annotated
 
 import typer
 
 from worker import logs
 from worker.budget_cli import app as budget_app
 from worker.dev.commands import demo_command, dev_command, fake_provider_command
-from worker.errors import ConfigError, KafkaUnavailable
+from worker.errors import ConfigError, KafkaUnavailable, LedgerUnavailable
 from worker.settings import load_settings
 from worker.submit_cli import submit
 from worker.topics_cli import app as topics_app
@@ -53,6 +54,43 @@ def run() -> None:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     raise typer.Exit(code)
+
+
+@app.command()
+def admin(
+    host: Annotated[
+        str | None,
+        typer.Option("--host", help="Bind address (default BW_ADMIN_HOST, else 127.0.0.1)."),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", help="Port (default BW_ADMIN_PORT, else 8470).", min=0, max=65535),
+    ] = None,
+) -> None:
+    """Serve the admin HTTP JSON API (budgets, membership, credits); needs BW_ADMIN_TOKEN."""
+    from worker.admin import serve
+    from worker.admin.server import token_of
+
+    overrides: dict[str, object] = {}
+    if host is not None:
+        overrides["admin_host"] = host
+    if port is not None:
+        overrides["admin_port"] = port
+    try:
+        settings = load_settings(**overrides)
+        token_of(settings)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    logs.configure(settings.log_level, json_lines=settings.log_json)
+    try:
+        asyncio.run(serve(settings))
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except LedgerUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 app.command("dev")(dev_command)

@@ -154,3 +154,10 @@ def org_slot(org_token: str) -> Slot:
 def model_scope(user_prefix: str, model: str) -> str:
     """The prefix of a user's limit on ``model``."""
     return f"{user_prefix}m:{encode_id(model)}:"
+
+
+def admin_idempotency(digest: str) -> str:
+    """Where the admin API keeps the first answer to one ``Idempotency-Key``:
+    ``digest`` is the hex hash of the key and the request's method and path, so a key
+    of any length or alphabet is one safe name. A slot of its own: no script reads it."""
+    return f"{PREFIX}:{{admin:idem:{digest}}}"

@@ -151,6 +151,25 @@ class Settings(BaseSettings):
     max_messages: int = Field(default=256, gt=0)
     max_prompt_chars: int = Field(default=400_000, gt=0)
 
+    # --- Admin API (budget-worker admin) --------------------------------------------
+    admin_host: str = Field(
+        default="127.0.0.1",
+        description="Bind address of the admin API; loopback unless a TLS proxy fronts it.",
+    )
+    admin_port: int = Field(default=8470, ge=0, le=65535)
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="The bearer token every admin request but /healthz must carry; required.",
+    )
+    admin_max_body_bytes: int = Field(
+        default=65_536, gt=0, description="Largest admin request body; larger ones get 413."
+    )
+    admin_idempotency_ttl_s: int = Field(
+        default=86_400,
+        gt=0,
+        description="How long an Idempotency-Key's first answer is kept and replayed.",
+    )
+
     # --- Observability -------------------------------------------------------------
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     metrics_host: str = "0.0.0.0"
