@@ -401,7 +401,7 @@ def test_cli_commands_in_the_deploy_docs_exist_with_their_options() -> None:
                     commands.add(match.group(1))
     assert commands
     for command in sorted(commands):
-        words = shlex.split(command)
+        words = shlex.split(command, comments=True)
         path = words[:2] if words[0] in COMMAND_GROUPS else words[:1]
         options = cli_options(*path)
         for option in (w.split("=")[0] for w in words if w.startswith("--")):
