@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from typer.testing import CliRunner
 
@@ -40,3 +44,23 @@ def test_admin_names_a_bad_port_flag() -> None:
     result = CliRunner().invoke(app, ["admin", "--port", "70000"], env={"BW_ADMIN_TOKEN": "x" * 20})
     assert result.exit_code == 2
     assert "--port" in result.stderr
+
+
+def test_what_budget_worker_run_imports_holds_no_dev_rig() -> None:
+    """The demo, the fake provider, the embedded servers and the rig stay out of the
+    worker's process: ``run`` imports the console script, then the service."""
+    script = (
+        "import sys\n"
+        "import worker.cli, worker.service\n"
+        "print(sorted(m for m in sys.modules if m.startswith('worker.dev')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+    )
+    # worker.dev.commands holds the dev commands' options; it imports its rig when run.
+    assert result.stdout.strip() == "['worker.dev', 'worker.dev.commands']"
