@@ -10,6 +10,7 @@ nothing. The design, its invariant and its key layout are in ``docs/ledger.md``.
 - ``types``: what the ledger takes and answers;
 - ``connection``: the only module that imports redis, and translates its errors;
 - ``scopes``: limits, membership, credits, and where each user's keys live;
+- ``runs``: per-run budgets (a cap shared by one run's jobs, held from its user's);
 - ``book``: the job steps, and :class:`Ledger`, which has them all.
 """
 
@@ -35,6 +36,8 @@ from worker.ledger.types import (
     Refused,
     Reserved,
     ReserveResult,
+    RunRequest,
+    RunState,
     Scope,
     Settled,
 )
@@ -61,6 +64,8 @@ __all__ = [
     "Refused",
     "ReserveResult",
     "Reserved",
+    "RunRequest",
+    "RunState",
     "Scope",
     "Settled",
 ]

@@ -22,6 +22,7 @@ from worker.errors import LedgerError
 from worker.ledger.connection import Connection, RedisClient, client_from_url, translate
 from worker.ledger.credits import CreditOps
 from worker.ledger.membership import MembershipOps
+from worker.ledger.runs import RunOps
 from worker.ledger.scopes import opt, snapshot, text, utf8
 from worker.ledger.types import (
     MAX_AMOUNT_NANOUSD,
@@ -35,6 +36,7 @@ from worker.ledger.types import (
     Refused,
     Reserved,
     ReserveResult,
+    RunRequest,
     Settled,
     check_id,
     check_int,
@@ -42,7 +44,7 @@ from worker.ledger.types import (
 from worker.settings import Settings
 
 
-class Ledger(MembershipOps, CreditOps):
+class Ledger(MembershipOps, CreditOps, RunOps):
     """Budgets, reservations, rate limits and credits of every scope, over one Redis.
 
     ``charge_ttl_s`` is how long a final job record (the charge marker that stops a
@@ -158,14 +160,18 @@ class Ledger(MembershipOps, CreditOps):
         lease_ms: int,
         holder: str,
         model: str = "",
+        run: RunRequest | None = None,
     ) -> ReserveResult:
         """Hold ``cost_nanousd`` (an upper bound) and ``tokens`` against every limit of
         every scope on the job's path (the user, its limit on ``model``, its team, its
-        organisation) until ``lease_ms`` from now, all or nothing. See reserve.lua."""
+        organisation) until ``lease_ms`` from now, all or nothing. A job of a ``run``
+        holds its cost against the run instead of the scopes the run is carved from
+        (their rate limits still apply); the run's first job carves it. See reserve.lua."""
         check_int("cost_nanousd", cost_nanousd, 0, MAX_AMOUNT_NANOUSD)
         check_int("tokens", tokens, 0, MAX_TOKENS)
         check_int("lease_ms", lease_ms, 1, MAX_LEASE_MS)
         model_token = keys.encode_id(model) if model else ""
+        run_args = _run_args(run)
         checked = "0"
 
         async def step(slot: keys.Slot) -> Any:
@@ -181,6 +187,7 @@ class Ledger(MembershipOps, CreditOps):
                 utf8(user_id),
                 *self._default_args,
                 checked,
+                *run_args,
             ]
             return await self.conn.run("reserve", self._job_keys(slot, job_id), args)
 
@@ -358,3 +365,10 @@ class Ledger(MembershipOps, CreditOps):
             outcome=bytes(stored),
             snapshot=snapshot(limit, spent, reserved, end, rem) if has_snapshot else None,
         )
+
+
+def _run_args(run: RunRequest | None) -> list[str | bytes]:
+    """reserve.lua's ARGV[18..21]: the run, its cap, its ttl and its raw id."""
+    if run is None:
+        return ["", "", "", ""]
+    return [keys.encode_id(run.id), str(run.cap_nanousd), str(run.ttl_s * 1000), utf8(run.id)]

@@ -85,6 +85,7 @@ _NAMES = (
     "move_out",
     "move_in",
     "move_done",
+    "run",
     *_STANDALONE,
 )
 

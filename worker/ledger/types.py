@@ -148,6 +148,43 @@ class Grant:
             check_int("expires_ms", self.expires_ms, 0, MAX_TIME_MS)
 
 
+MAX_RUN_TTL_S = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """A job's run: ``id`` names it within its user, ``cap_nanousd`` is the most all of
+    its jobs may spend together, held from the user's (and team's and organisation's)
+    budget when its first job arrives; ``ttl_s`` is how long it stays open (from that
+    first job; at most a day). The first job's cap and ttl hold for the run."""
+
+    id: str
+    cap_nanousd: int
+    ttl_s: int = 3600
+
+    def __post_init__(self) -> None:
+        check_id("run id", self.id)
+        check_int("cap_nanousd", self.cap_nanousd, 1, MAX_AMOUNT_NANOUSD)
+        check_int("ttl_s", self.ttl_s, 1, MAX_RUN_TTL_S)
+
+
+@dataclass(frozen=True, slots=True)
+class RunState:
+    """A run as the ledger holds it. ``state``: ``open`` (takes jobs), ``closed`` (takes
+    none; its live jobs still hold), ``done`` (its hold flowed back). ``hold_nanousd`` is
+    what it still holds in the scopes above it; ``live_jobs`` its reservations now."""
+
+    run_id: str
+    label: str
+    state: Literal["open", "closed", "done"]
+    cap_nanousd: int
+    spent_nanousd: int
+    reserved_nanousd: int
+    hold_nanousd: int
+    expires_ms: int
+    live_jobs: int
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One immutable change to a scope's credits: ``grant`` (+), ``draw`` (-, a call

@@ -38,6 +38,7 @@ local RECLAIM_BATCH = 100        -- leases reclaimed per call at most: bounded w
 local RATE_WINDOW_MS = 60000     -- RPM and TPM are per minute
 local DAY_MS = 86400000
 local MAX_GRANTS = 100           -- active grants per scope: bounded work per step
+local HELD = 'h'                 -- a job path's period for a scope its run's hold covers
 
 local function istr(n)
   return string.format('%d', n)
@@ -177,7 +178,8 @@ end
 -- Give back `cost_s` reserved in scope p's period `period_id`. A spend hash that has
 -- already expired is not recreated (it would hold a negative reservation).
 local function unreserve(p, period_id, cost_s)
-  if period_id and period_id ~= '' and period_id ~= '-' and cost_s and cost_s ~= '0' then
+  if period_id and period_id ~= '' and period_id ~= '-' and period_id ~= HELD
+      and cost_s and cost_s ~= '0' then
     local spend_key = p .. 'spend:' .. period_id
     if redis.call('EXISTS', spend_key) == 1 then
       redis.call('HINCRBY', spend_key, 'reserved', '-' .. cost_s)
@@ -199,6 +201,97 @@ local function job_path(job_path_s, job_periods_s, job_period)
     return split(job_path_s), split(job_periods_s)
   end
   return {SLOT}, {job_period}
+end
+
+-- ---- per-run budgets ---------------------------------------------------------------
+-- A run is a scope below its user, P = <user prefix>..'run:'..R..':', whose USD limit
+-- is its cap (period 'none'). Its first job carves the cap out of the user's path
+-- (user, team, organisation) as a *hold*: the cap is reserved there, in the periods of
+-- that moment, all or nothing. The run's jobs reserve against the run (and the user's
+-- limit on the model, and every rate limit on the path), never against the held USD
+-- again; their job paths mark the held scopes HELD. A charge of a run's job moves
+-- min(cost, hold) of the hold into spent in every held scope (plus any excess, as a
+-- late settle would). Closing (by hand, or at its expiry) takes new jobs no more and
+-- gives back what the run's live jobs do not hold; when its last live job ends the
+-- rest of the hold flows back ('done'). An open run counts as one live reservation of
+-- its user, so a user never moves slots while a hold of it exists.
+-- The run record: P..'budget' (limit_nanousd = cap, label, run_state open|closed|done,
+-- hold, hold_path, hold_periods, hold_ends, user_p, expires), P..'spend:all', P..'live';
+-- SLOT..'runs' is the zset of open runs by expiry.
+
+local function is_run(p)
+  return p ~= nil and string.match(p, ':run:%x+:$') ~= nil
+end
+
+local function read_run(run_p)
+  local r = redis.call('HMGET', run_p .. 'budget', 'run_state', 'hold', 'hold_path',
+    'hold_periods', 'hold_ends', 'user_p', 'expires')
+  if not r[1] then
+    return nil
+  end
+  return {p = run_p, state = r[1], hold = tonumber(r[2]) or 0, path = split(r[3]),
+    periods = split(r[4]), ends = split(r[5]), user_p = r[6], expires = tonumber(r[7])}
+end
+
+local function live_count(p)
+  return tonumber(redis.call('GET', p .. 'live') or '0')
+end
+
+-- Give `amount` of the run's hold back to every scope it was carved from.
+local function run_unhold(run, amount)
+  if amount <= 0 then
+    return
+  end
+  for j = 1, #run.path do
+    unreserve(run.path[j], run.periods[j], istr(amount))
+  end
+  run.hold = run.hold - amount
+  redis.call('HSET', run.p .. 'budget', 'hold', istr(run.hold))
+end
+
+-- Keep a finished run's record as long as the job records that name it.
+local function run_keep(run)
+  redis.call('PEXPIRE', run.p .. 'budget', istr(KEEP_MS))
+  redis.call('PEXPIRE', run.p .. 'spend:all', istr(KEEP_MS))
+end
+
+-- The run is over (closed, no live job): the rest of its hold flows back and its user
+-- may move again.
+local function run_done(run)
+  run_unhold(run, run.hold)
+  run.state = 'done'
+  redis.call('HSET', run.p .. 'budget', 'run_state', 'done')
+  live_adjust(run.user_p, -1)
+  run_keep(run)
+end
+
+-- Close an open run: it takes no new job, and what its live jobs do not hold flows back.
+local function run_close(run)
+  redis.call('ZREM', SLOT .. 'runs', run.p)
+  if run.state ~= 'open' then
+    return
+  end
+  local reserved = tonumber(redis.call('HGET', run.p .. 'spend:all', 'reserved') or '0')
+  run.state = 'closed'
+  redis.call('HSET', run.p .. 'budget', 'run_state', 'closed')
+  if run.hold > reserved then
+    run_unhold(run, run.hold - reserved)
+  end
+  if live_count(run.p) <= 0 then
+    run_done(run)
+  end
+end
+
+-- After a job of the run at `p` gave up its reservation: a closed run with no live job
+-- is done. Nothing for a job outside any run.
+local function run_job_ended(p)
+  if not is_run(p) then
+    return
+  end
+  local run = read_run(p)
+  if run and run.state == 'closed' and live_count(p) <= 0 then
+    run_done(run)
+  end
 end
 
 -- Rate limits: GCRA in its continuous-state leaky-bucket form. The bucket key holds
@@ -399,11 +492,36 @@ local function charge(p, b, period_id, period_end, cost_s, reserved_s, model, en
   return spent, istr(room)
 end
 
--- Reclaim expired leases: every reservation whose deadline has passed gives its money
--- back to each scope it was made against and becomes 'lapsed' (not final: the job may
--- reserve again, and a late settle still charges it once). Its tokens stay taken: the
--- call may have run. At most RECLAIM_BATCH per call, so no call does unbounded work.
-local function reclaim(now)
+-- Charge a call of the run at `run_p` to the scopes its hold was carved from: in each,
+-- min(cost, hold) of the hold becomes spent, and the whole cost is charged (credits
+-- drawn as for any call), in the periods the hold was made in.
+local function run_charge(run_p, cost_s, model, entry_id, now)
+  local run = read_run(run_p)
+  if not run then
+    return -- cannot happen: a run's record outlives every job record naming it
+  end
+  local take = math.min(tonumber(cost_s), run.hold)
+  for j = 1, #run.path do
+    local p, period_id = run.path[j], run.periods[j]
+    if period_id ~= '-' then
+      if take > 0 then
+        unreserve(p, period_id, istr(take))
+      end
+      local reserved_now = redis.call('HGET', p .. 'spend:' .. period_id, 'reserved') or '0'
+      charge(p, read_budget(p), period_id, tonumber(run.ends[j]), cost_s, reserved_now, model,
+        entry_id, now)
+    end
+  end
+  if take > 0 then
+    run.hold = run.hold - take
+    redis.call('HSET', run.p .. 'budget', 'hold', istr(run.hold))
+  end
+  if run.state == 'done' then
+    run_keep(run)
+  end
+end
+
+local function reclaim_leases(now)
   local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', istr(now), 'LIMIT', '0', istr(RECLAIM_BATCH))
   if #due == 0 then
     return
@@ -417,11 +535,36 @@ local function reclaim(now)
         unreserve(path[j], periods[j], job[3])
       end
       live_adjust(path[1], -1)
+      run_job_ended(path[1])
       redis.call('HSET', job_key, 'state', 'lapsed')
       redis.call('PEXPIRE', job_key, istr(KEEP_MS))
     end
   end
   redis.call('ZREM', KEYS[1], unpack(due))
+end
+
+-- Close every run whose expiry has passed (at most RECLAIM_BATCH per call).
+local function reclaim_runs(now)
+  local due = redis.call('ZRANGEBYSCORE', SLOT .. 'runs', '-inf', istr(now), 'LIMIT', '0',
+    istr(RECLAIM_BATCH))
+  for i = 1, #due do
+    local run = read_run(due[i])
+    if run then
+      run_close(run)
+    else
+      redis.call('ZREM', SLOT .. 'runs', due[i])
+    end
+  end
+end
+
+-- Reclaim expired leases: every reservation whose deadline has passed gives its money
+-- back to each scope it was made against and becomes 'lapsed' (not final: the job may
+-- reserve again, and a late settle still charges it once). Its tokens stay taken: the
+-- call may have run. Then close the runs whose expiry has passed. At most
+-- RECLAIM_BATCH of each per call, so no call does unbounded work.
+local function reclaim(now)
+  reclaim_leases(now)
+  reclaim_runs(now)
 end
 
 -- Drop a live reservation (release): its money goes back to every scope, its lease is
@@ -439,6 +582,7 @@ local function drop_reservation(now, token, job)
   end
   live_adjust(path[1], -1)
   redis.call('ZREM', KEYS[1], token)
+  run_job_ended(path[1])
 end
 
 -- Store a job's terminal outcome unless one is stored already; answer the stored one.

@@ -16,6 +16,9 @@
 --   ARGV[12] the default budget's limit_nanousd, or '' for no default; when given,
 --   ARGV[13..16]  its period, window_s, rpm, tpm ('' = none)
 --   ARGV[17] '1' when the caller has checked the user's previous slot for this job
+--   ARGV[18] the job's run, encoded, or '' for none; when given,
+--   ARGV[19..21]  the run's cap (nano-USD), its time to live (ms, at most keep_ms) and
+--                 its raw id (its label): used only by the run's first job
 -- Returns one flat array, by its first element:
 --   {1, existing(0|1), cost_nanousd, tokens, lease_deadline_ms, holder,
 --       limit_nanousd, spent, reserved, period_end_ms(-1 none), needs_index,
@@ -30,6 +33,9 @@
 --   its credits, less what is reserved (never below 0).
 --   {5, slot prefix}     the user moved to another slot: ask there
 --   {6}                  the user is moving between slots now: ask again shortly
+--   A job of a run answers the run's snapshot, and a run's first job is refused (by the
+--   scope that cannot hold the cap) unless every scope on its user's path can hold the
+--   whole cap; a job of a closed run is refused by the run, never to lift.
 --   {7, slot tag}        the user moved here from that slot within keep_ms and this
 --                        slot has no record of the job: look for it there first (a
 --                        job that ended before the move is final), then ask again
@@ -51,7 +57,7 @@ local now = now_ms()
 reclaim(now)
 
 local job = redis.call('HMGET', KEYS[2], 'state', 'holder', 'cost', 'tokens', 'deadline',
-  'period', 'period_end', 'snap_limit', 'snap_spent', 'snap_reserved', 'snap_remaining')
+  'period', 'period_end', 'snap_limit', 'snap_spent', 'snap_reserved', 'snap_remaining', 'path')
 local state = job[1]
 
 if state == 'settled' or state == 'released' then
@@ -77,10 +83,13 @@ if not state and budget and budget.moved_from and ARGV[17] ~= '1'
 end
 
 if state == 'reserved' then
-  local spent, reserved = read_spend(user_p .. 'spend:' .. (job[6] or 'all'))
+  local first_p = split(job[12])[1] or user_p -- the run of a run's job, else the user
+  local first_b = (first_p == user_p) and budget or read_budget(first_p)
+  local spent, reserved = read_spend(first_p .. 'spend:' .. (job[6] or 'all'))
   local limit_s, needs_index = '0', 0
-  if budget then limit_s, needs_index = budget.limit_s or '0', budget.needs_index end
-  local rem = remaining_of(budget, spent, reserved, user_p, job[6] or 'all', now)
+  if first_b then limit_s = first_b.limit_s or '0' end
+  if budget then needs_index = budget.needs_index end
+  local rem = remaining_of(first_b, spent, reserved, first_p, job[6] or 'all', now)
   return {1, 1, job[3], job[4], job[5], job[2], limit_s, spent, reserved, job[7], needs_index, rem}
 end
 
@@ -113,6 +122,33 @@ if not any_money then
   return {3}
 end
 
+-- A job of a run: the run comes first on its path, and the scopes above it are held.
+local held, run_p, new_run = {}, nil, false
+if ARGV[18] ~= '' then
+  run_p = user_p .. 'run:' .. ARGV[18] .. ':'
+  local run = read_run(run_p)
+  local run_b
+  if run then
+    run_b = read_budget(run_p)
+    if run.state ~= 'open' then
+      local spent_s, reserved_s = read_spend(run_p .. 'spend:all')
+      return {2, 'usd', '0', '-1', run_b.limit_s, spent_s, reserved_s, '-1',
+        budget.needs_index, run_b.label, '0'}
+    end
+  else
+    new_run = true
+    run_b = {p = run_p, limit_s = ARGV[19], limit = tonumber(ARGV[19]), period = 'none',
+      label = 'run:' .. ARGV[11] .. '/' .. ARGV[21]}
+  end
+  local full, full_b = {run_p}, {run_b}
+  for i = 1, #path do
+    full[i + 1], full_b[i + 1] = path[i], budgets[i]
+    held[i + 1] = path[i] ~= user_p .. 'm:' .. ARGV[9] .. ':' -- a model limit is not held
+  end
+  path, budgets = full, full_b
+end
+local cap_s = ARGV[19]
+
 -- What a snapshot of scope s reports as remaining once `reserved` is held: its room
 -- (allowance left plus usable credits, less what is reserved), never below 0; 0 for a
 -- scope that caps no money. The same as common.lua's remaining_of, from values read.
@@ -139,11 +175,12 @@ for i = 1, #path do
     local credits = credits_of(live_grants(path[i], now))
     s.drawn, s.credits = tonumber(drawn_s), credits
     local room = usd_room(b, tonumber(s.spent_s), tonumber(s.reserved_s), s.drawn, credits)
-    s.room = room
-    if room then
-      -- cap: the most this scope could ever allow in this period
+    s.room, s.held = room, held[i]
+    if room and (new_run or not held[i]) then
+      -- cap: the most this scope could ever allow in this period; amount: what it is
+      -- asked to hold (a new run's cap, in every scope the run is carved from)
       limits[#limits + 1] = {scope = s, name = 'usd', kind = 'spend', room = room,
-        cap = (b.limit or 0) + credits}
+        cap = (b.limit or 0) + credits, amount = held[i] and tonumber(cap_s) or cost}
     end
     if b.rpm then
       limits[#limits + 1] = {scope = s, name = 'rpm', kind = 'rate', key = path[i] .. 'rpm',
@@ -164,10 +201,10 @@ for i = 1, #limits do
   local l = limits[i]
   local ok, remaining, retry = true, 0, 0
   if l.kind == 'spend' then
-    if cost > l.room then
+    if l.amount > l.room then
       ok = false
       remaining = math.max(0, l.room)
-      if cost > l.cap or l.scope.period_end < 0 then
+      if l.amount > l.cap or l.scope.period_end < 0 then
         retry = -1
       else
         retry = l.scope.period_end - now
@@ -190,9 +227,28 @@ end
 
 -- Apply all.
 local held_s = '0'
+local expires = now + math.min(tonumber(ARGV[20] ~= '' and ARGV[20] or '0'), KEEP_MS)
+local hold_path, hold_periods, hold_ends = {}, {}, {}
+if new_run then
+  redis.call('HSET', run_p .. 'budget', 'label', scopes[1].b.label, 'limit_nanousd', cap_s,
+    'period', 'none', 'run_state', 'open', 'user_p', user_p, 'expires', istr(expires))
+  scopes[1].b = read_budget(run_p)
+end
 for i = 1, #scopes do
   local s = scopes[i]
-  if s.b then
+  if s.b and s.held then
+    if new_run then
+      -- A new run's hold: its cap, reserved in this scope's current period.
+      local existed = redis.call('EXISTS', s.spend_key) == 1
+      redis.call('HINCRBY', s.spend_key, 'reserved', cap_s)
+      if not existed and s.period_end >= 0 then
+        redis.call('PEXPIREAT', s.spend_key, istr(s.period_end + KEEP_MS))
+      end
+      hold_path[#hold_path + 1] = s.p
+      hold_periods[#hold_periods + 1] = s.period
+      hold_ends[#hold_ends + 1] = istr(s.period_end)
+    end
+  elseif s.b then
     local existed = redis.call('EXISTS', s.spend_key) == 1
     s.new_reserved = redis.call('HINCRBY', s.spend_key, 'reserved', cost_s)
     if not existed and s.period_end >= 0 then
@@ -209,9 +265,19 @@ for i = 1, #limits do
     if l.name == 'tpm' then held_s = tokens_s end
   end
 end
+if new_run then
+  redis.call('HSET', run_p .. 'budget', 'hold', cap_s, 'hold_path', table.concat(hold_path, ' '),
+    'hold_periods', table.concat(hold_periods, ' '), 'hold_ends', table.concat(hold_ends, ' '))
+  redis.call('ZADD', SLOT .. 'runs', istr(expires), run_p)
+  live_adjust(user_p, 1) -- the hold: the user does not move slots while it exists
+end
 local periods = {}
 for i = 1, #scopes do
-  periods[i] = scopes[i].b and scopes[i].period or '-' -- '-': nothing reserved there
+  if scopes[i].held then
+    periods[i] = HELD -- held by the run: its charge reaches this scope through the run
+  else
+    periods[i] = scopes[i].b and scopes[i].period or '-' -- '-': nothing reserved there
+  end
 end
 local user = scopes[1]
 local deadline = now + lease_ms
@@ -223,7 +289,7 @@ if state then
   redis.call('PERSIST', KEYS[2]) -- a lapsed record had a TTL; a live one ends by script only
 end
 redis.call('ZADD', KEYS[1], istr(deadline), token)
-live_adjust(user_p, 1)
+live_adjust(path[1], 1)
 local rem = remaining_in(user, user.new_reserved)
-return {1, 0, cost_s, tokens_s, deadline, holder, budget.limit_s or '0', user.spent_s,
+return {1, 0, cost_s, tokens_s, deadline, holder, user.b.limit_s or '0', user.spent_s,
   user.new_reserved, user.period_end, budget.needs_index, rem}

@@ -26,7 +26,9 @@
 -- its own, to the scopes and periods of the job's reservation (or, with no record, the
 -- user's path and periods now), and never touches another holder's reservation. What
 -- a scope's period allowance does not cover is drawn from its credits. The outcome
--- stored first (by settle, release or finish) is kept. The job becomes 'settled'
+-- stored first (by settle, release or finish) is kept. A job of a run is charged to the
+-- run, and through it to the scopes its hold was carved from (common.lua, run_charge).
+-- The job becomes 'settled'
 -- (final) unless another holder still holds a live reservation on it.
 
 local token, holder, cost_s, tokens_s = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
@@ -78,13 +80,19 @@ local limit_s, spent, reserved, period_end, remaining = '0', '0', '0', -1, '0'
 for i = 1, #path do
   local p, period_id = path[i], periods[i]
   local b = (i == 1) and user_b or read_budget(p)
-  if (period_id == '-' or not period_id) and b then
+  if period_id == HELD then
+    -- Held by the job's run: charged below, through the run. Only TPM is settled here.
+    if own and b and b.tpm then
+      bucket_adjust(p .. 'tpm', b.tpm, now, tokens - held)
+    end
+  elseif (period_id == '-' or not period_id) and b then
     -- Nothing was reserved in this scope (it had no budget record then): the call is
     -- charged to the period it is in now.
     period_id = budget_period(b, now)
     periods[i] = period_id
   end
-  if period_id == '-' or not period_id then
+  if period_id == HELD then -- nothing here: charged through the run, below
+  elseif period_id == '-' or not period_id then
     periods[i] = '-' -- no budget record, then or now: nothing to charge here
   else
     local end_ms = -1
@@ -114,6 +122,13 @@ for i = 1, #path do
       period_end = end_ms
       remaining = left
     end
+  end
+end
+
+if is_run(path[1]) then
+  run_charge(path[1], cost_s, model, 'draw:' .. token .. ':' .. holder, now)
+  if own then
+    run_job_ended(path[1])
   end
 end
 
