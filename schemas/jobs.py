@@ -56,6 +56,7 @@ __all__ = [
     "JobId",
     "JobLimits",
     "JobParams",
+    "JobRun",
     "TextPart",
     "ToolCall",
     "UndecodableJob",
@@ -339,6 +340,38 @@ def _message_texts(messages: Sequence[ChatMessage]) -> Iterator[str]:
         yield from message.text_parts()
 
 
+class JobRun(_Inbound):
+    """The run a job belongs to: every job naming the same run (of the same user) shares
+    one cap, held out of the user's budget by the run's first job."""
+
+    id: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="Names the run within its user, e.g. an agent's task id.",
+    )
+    cap_nanousd: int = Field(
+        ge=1,
+        le=10**15,
+        strict=True,
+        description=(
+            "The most all of the run's jobs may spend together, in nano-USD. Its first job "
+            "holds this much in the user's (and team's, and organisation's) budget, or is "
+            "refused; later jobs' caps are ignored."
+        ),
+    )
+    ttl_s: int = Field(
+        default=3600,
+        ge=1,
+        le=86400,
+        strict=True,
+        description=(
+            "How long the run stays open, from its first job; then it takes no new job "
+            "and its unused hold flows back."
+        ),
+    )
+
+
 class CompletionJob(_Inbound):
     """A chat completion to run for a user, within that user's budget."""
 
@@ -380,6 +413,10 @@ class CompletionJob(_Inbound):
         default=None,
         pattern=r"^[A-Za-z0-9._-]{1,249}$",
         description="A topic for the job's event; the worker honours only allow-listed names.",
+    )
+    run: JobRun | None = Field(
+        default=None,
+        description="A run with a cap of its own that this job spends from (per-run budgets).",
     )
 
     @field_validator("messages", mode="before")

@@ -510,3 +510,35 @@ def test_set_with_model_gives_a_user_a_limit_on_one_model(cli: Any, redis_url: s
     refused = on_ledger(redis_url, run)
     assert isinstance(refused, ledger.Refused) and refused.scope == "model:erin/gpt-4o"
     assert cli("set", "team:x", "--model", "m", "--limit-usd", "1").exit_code == 2
+
+
+def test_run_shows_and_closes_a_run_and_the_hold_flows_back(cli: Any, redis_url: str) -> None:
+    async def start(book: ledger.Ledger) -> None:
+        await book.set_budget("runner", ledger.Budget(10**9, "daily"))
+        await book.reserve(
+            "runner",
+            "run-cli-1",
+            cost_nanousd=1000,
+            tokens=0,
+            lease_ms=60_000,
+            holder="w1",
+            run=ledger.RunRequest(id="t1", cap_nanousd=5000),
+        )
+        await book.settle(
+            "runner", "run-cli-1", holder="w1", cost_nanousd=700, tokens=0, model="m", outcome=b"ok"
+        )
+
+    on_ledger(redis_url, start)
+    shown = cli("run", "runner", "t1", "--json")
+    assert shown.exit_code == 0, shown.output
+    view = json.loads(shown.output)
+    assert (view["state"], view["spent_nanousd"], view["hold_nanousd"]) == ("open", 700, 4300)
+    assert view["scope"] == "run:runner/t1"
+    closed = cli("close-run", "runner", "t1")
+    assert closed.exit_code == 0, closed.output
+    assert "run:runner/t1: done, spent $0.0000007 of $0.000005" in closed.output
+    state = on_ledger(redis_url, lambda book: book.state("runner"))
+    assert (state.snapshot.spent_nanousd, state.snapshot.reserved_nanousd) == (700, 0)
+    missing = cli("run", "runner", "nope")
+    assert missing.exit_code == 1
+    assert "user 'runner' has no run 'nope'" in missing.output

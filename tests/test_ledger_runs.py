@@ -132,6 +132,7 @@ async def test_settles_move_the_hold_into_spent_and_close_gives_the_rest_back(
     refused = await reserve(ledger, user, f"{ids}-j3", 1, the_run)
     assert isinstance(refused, Refused)
     assert refused.scope == f"run:{user}/{run_id}" and refused.retry_after_ms is None
+    assert refused.run_closed
     await settle(ledger, user, f"{ids}-j2", USD // 4)
     done = await ledger.run_state(user, run_id)
     assert done is not None and done.state == "done" and done.hold_nanousd == 0
@@ -181,7 +182,7 @@ async def test_the_expiry_closes_the_run_and_the_unused_hold_flows_back(
     state = await ledger.run_state(user, run_id)
     assert state is not None and state.state == "done"
     late = await reserve(ledger, user, f"{ids}-j2", 1, the_run)
-    assert isinstance(late, Refused) and late.scope == f"run:{user}/{run_id}"
+    assert isinstance(late, Refused) and late.scope == f"run:{user}/{run_id}" and late.run_closed
 
 
 async def test_a_lapsed_lease_of_a_closed_run_ends_it(
@@ -211,7 +212,8 @@ async def test_a_release_gives_the_run_its_room_back_and_keeps_the_hold(
     await ledger.set_budget(user, Budget(10 * USD, "daily"))
     the_run = run(run_id, cap=USD)
     assert isinstance(await reserve(ledger, user, f"{ids}-j1", USD, the_run), Reserved)
-    assert isinstance(await reserve(ledger, user, f"{ids}-j2", 1, the_run), Refused)
+    full = await reserve(ledger, user, f"{ids}-j2", 1, the_run)
+    assert isinstance(full, Refused) and not full.run_closed and full.remaining == 0
     assert await ledger.release(user, f"{ids}-j1", holder="w1", outcome=b"failed")
     assert await money(ledger, user) == (0, USD)
     assert isinstance(await reserve(ledger, user, f"{ids}-j2", USD, the_run), Reserved)

@@ -120,6 +120,46 @@ async def test_budgets_run_out_and_the_ledger_equals_the_charged_events(
         assert state.snapshot.spent_nanousd == first_costs(events, user)
 
 
+async def test_a_runs_jobs_share_its_cap_and_the_rest_flows_back_on_close(
+    pipeline: Pipeline,
+) -> None:
+    """Twenty concurrent jobs of one run with room for a few: the run's spend never passes
+    its cap, the user is charged exactly what the run spent, a job after the run is
+    closed is refused by the run, and the unused hold is back in the user's budget."""
+    user, cap = "agent-user", 50_000
+    await pipeline.set_budgets([user], limit_nanousd=10_000_000_000)
+    the_run = {"id": "task-1", "cap_nanousd": cap}
+    jobs = [job(f"run-{n}", user, run=the_run) for n in range(20)]
+    async with in_process_workers(pipeline.env):
+        await produce(pipeline.kafka, pipeline.topics.jobs, jobs)
+        events = await wait_for_events(
+            pipeline.kafka, pipeline.topics.results, {j["job_id"] for j in jobs}
+        )
+        kinds = by_type(events)
+        assert kinds["completion.succeeded"] and kinds["completion.rejected"]
+        for event in kinds["completion.rejected"]:
+            assert (event["reason"], event["scope"]) == ("budget_exceeded", f"run:{user}/task-1")
+        for event in kinds["completion.succeeded"]:
+            assert event["budget"]["limit_nanousd"] == cap  # the run's snapshot
+        charged = first_costs(events, user)
+        assert 0 < charged <= cap
+        state = await pipeline.ledger.run_state(user, "task-1")
+        assert state is not None and state.spent_nanousd == charged
+        await pipeline.ledger.close_run(user, "task-1")
+        late = job("run-late", user, run=the_run)
+        await produce(pipeline.kafka, pipeline.topics.jobs, [late])
+        answer = await wait_for_events(pipeline.kafka, pipeline.topics.results, {"run-late"})
+    refused = answer["run-late"][0]
+    assert (refused["reason"], refused["scope"]) == ("budget_exceeded", f"run:{user}/task-1")
+    assert "closed" in refused["detail"]
+    user_state = await pipeline.ledger.state(user)
+    assert user_state is not None
+    assert (user_state.snapshot.spent_nanousd, user_state.snapshot.reserved_nanousd) == (
+        charged,
+        0,
+    )
+
+
 async def test_rate_limited_jobs_wait_without_blocking_other_users(pipeline: Pipeline) -> None:
     """RPM 30: a burst of 30, then one request every 2 s. Jobs past the burst wait
     (holding no reservation and no in-flight slot) up to max_wait_s, or are refused."""

@@ -128,3 +128,38 @@ def test_submit_command_with_an_unreachable_broker_prints_one_line(wait: bool) -
     assert result.stdout == ""
     assert result.stderr.startswith(f"error: cannot reach Kafka at {bootstrap} "), result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
+
+
+async def test_submit_command_puts_the_job_in_a_run(kafka: EmbeddedKafka, topics: Topics) -> None:
+    env = {
+        "BW_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "BW_JOBS_TOPIC": topics.jobs,
+        "BW_RESULTS_TOPIC": topics.results,
+    }
+    args = ["submit", "--user", "nia", "--model", "gpt-4o-mini", "--prompt", "Hi"]
+    args += ["--run", "task-7", "--run-cap-usd", "0.25"]
+    result = await asyncio.to_thread(CliRunner().invoke, app, args, env=env)
+    assert result.exit_code == 0, result.output
+    [record] = await jobs_on(kafka, topics.jobs, 1)
+    job = parse_job(record.value)
+    assert job.run is not None
+    assert (job.run.id, job.run.cap_nanousd, job.run.ttl_s) == ("task-7", 250_000_000, 3600)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--run", "task-7"], "--run and --run-cap-usd go together"),
+        (["--run-cap-usd", "1"], "--run and --run-cap-usd go together"),
+        (["--run", "task 7", "--run-cap-usd", "1"], "run.id"),
+        (["--run", "task-7", "--run-cap-usd", "0"], "run.cap_nanousd"),
+    ],
+)
+def test_submit_command_refuses_a_run_it_cannot_send(args: list[str], says: str) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["submit", "--user", "mo", "--model", "m", "--prompt", "hi", *args],
+        env={"BW_KAFKA_BOOTSTRAP": "127.0.0.1:9"},
+    )
+    assert result.exit_code == 2
+    assert says in result.output

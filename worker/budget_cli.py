@@ -43,6 +43,7 @@ from worker.budget_args import (
     parse_scope,
     parse_usd,
 )
+from worker.budget_runs import runs
 from worker.budget_scopes import members
 from worker.budget_view import (
     format_limit,
@@ -386,3 +387,4 @@ async def _or_none(step: Awaitable[bool]) -> bool:
 
 # team, member, grant, adjust, history: worker/budget_scopes.py
 app.registered_commands += members.registered_commands
+app.registered_commands += runs.registered_commands

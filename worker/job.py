@@ -28,7 +28,7 @@ from schemas.events import (
     TerminalEvent,
     encode_event,
 )
-from schemas.jobs import CompletionJob
+from schemas.jobs import CompletionJob, JobRun
 from worker import ledger, outcome, tracing
 from worker.estimate import Estimate, estimate
 from worker.metrics import Metrics
@@ -116,6 +116,7 @@ class JobPath:
             params=job.params.model_dump(exclude_none=True) if job.params else {},
             estimate=estimate(job, entry, self.settings.default_max_tokens),
             max_wait_s=min(job.max_wait_s or 0.0, self.settings.rate_limit_max_wait_s),
+            run=_run_of(job),
         )
         if self.settings.debug_log_prompts:
             log.warning("DEBUG prompt", extra={"job_id": job.job_id, "messages": request.messages})
@@ -177,7 +178,7 @@ class JobPath:
                 detail += f" ({refused.scope})"
         else:
             assert refused is not None
-            detail = _budget_detail(wanted, refused, self.settings.admission_policy)
+            detail = _budget_detail(wanted, refused, self.settings.admission_policy, job.run)
         return await self._refuse(
             job,
             refusal.reason,
@@ -259,9 +260,18 @@ def _facts(charge: Charge, model_ms: float, *, republished: bool) -> dict[str, A
     return facts
 
 
-def _budget_detail(wanted: Estimate, refused: ledger.Refused, policy: AdmissionPolicy) -> str:
+def _budget_detail(
+    wanted: Estimate, refused: ledger.Refused, policy: AdmissionPolicy, run: JobRun | None
+) -> str:
     limit = refused.snapshot.limit_nanousd
     scope = f" of {refused.scope}" if refused.scope else ""
+    if refused.run_closed and run is not None:
+        return f"budget: run {run.id!r} is closed (by hand or at its expiry): start another run"
+    if run is not None and not refused.scope.startswith("run:"):
+        return (
+            f"budget: run {run.id!r} could not start: its cap {run.cap_nanousd} nano-USD is "
+            f"more than the {refused.remaining} nano-USD remaining{scope}"
+        )
     if 0 < limit < wanted.cost_nanousd and refused.retry_after_ms is None:
         fixes = "give the job a smaller max_tokens (or, for jobs without one, lower "
         fixes += "BW_DEFAULT_MAX_TOKENS) or raise the budget"
@@ -312,3 +322,9 @@ class _JobEvents:
             attempts=failure.attempts,
         )
         return encode_event(self.failure)
+
+
+def _run_of(job: CompletionJob) -> ledger.RunRequest | None:
+    if job.run is None:
+        return None
+    return ledger.RunRequest(id=job.run.id, cap_nanousd=job.run.cap_nanousd, ttl_s=job.run.ttl_s)

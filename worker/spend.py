@@ -68,6 +68,8 @@ class Request:
     estimate: Estimate
     max_wait_s: float = 0.0
     """How long a rate-limited request may wait for its allowance."""
+    run: ledger.RunRequest | None = None
+    """The run whose cap the call spends from, if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +253,11 @@ class SpendPath:
             if isinstance(result, ledger.NoBudget):
                 return Refusal("no_budget", current, None, None)
             if result.limit == "usd":
-                clamped = self._clamp(current, result, request.entry)
+                clamped = (
+                    None
+                    if _carving(request, result)
+                    else self._clamp(current, result, request.entry)
+                )
                 if clamped is not None and clamped != current:
                     current = clamped
                     continue
@@ -286,6 +292,7 @@ class SpendPath:
                 lease_ms=self.leases.lease_ms,
                 holder=holder,
                 model=request.entry.name,
+                run=request.run,
             )
 
         started = time.perf_counter()
@@ -422,3 +429,9 @@ async def _shielded(awaitable: Awaitable[T]) -> T:
     except asyncio.CancelledError:
         await task
         raise
+
+
+def _carving(request: Request, refused: ledger.Refused) -> bool:
+    """Whether a USD refusal is of a run's cap, not of this call: a scope above the run
+    could not hold the cap (a smaller call would not fit either)."""
+    return request.run is not None and not refused.scope.startswith("run:")

@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from schemas.events import CompletionSucceeded, TerminalEvent, encode_event
 from schemas.jobs import CompletionJob, JobError
+from worker.budget_args import parse_usd
 from worker.client import JobClient, ResultWaiter, build_job, limits_of
 from worker.errors import BudgetWorkerError, ConfigError
 from worker.logs import quiet_kafka_client
@@ -56,6 +57,21 @@ def submit(
         str | None, typer.Option("--job-id", help="The job id (default: a fresh one).")
     ] = None,
     system: Annotated[str | None, typer.Option("--system", help="A system message.")] = None,
+    run: Annotated[
+        str | None,
+        typer.Option(
+            "--run", metavar="RUN", help="The run the job spends from (with --run-cap-usd)."
+        ),
+    ] = None,
+    run_cap_usd: Annotated[
+        int | None,
+        typer.Option(
+            "--run-cap-usd",
+            metavar="USD",
+            parser=parse_usd,
+            help="The run's cap in USD, held from the user's budget by its first job.",
+        ),
+    ] = None,
     kafka_bootstrap: Annotated[
         str | None,
         typer.Option("--kafka-bootstrap", help="Kafka bootstrap servers (default: BW_ setting)."),
@@ -81,6 +97,7 @@ def submit(
             job_id=job_id,
             system=system,
             limits=limits_of(settings),
+            **_run_field(run, run_cap_usd),
         )
     except JobError as exc:
         typer.echo(f"error: invalid job: {exc}", err=True)
@@ -95,6 +112,16 @@ def submit(
         typer.echo(json.dumps(json.loads(encode_event(event)), indent=2, ensure_ascii=False))
         if not isinstance(event, CompletionSucceeded):
             raise typer.Exit(1)
+
+
+def _run_field(run: str | None, cap_nanousd: int | None) -> dict[str, Any]:
+    """The job's ``run`` field from --run and --run-cap-usd (both or neither)."""
+    if run is None and cap_nanousd is None:
+        return {}
+    if run is None or cap_nanousd is None:
+        typer.echo("error: --run and --run-cap-usd go together", err=True)
+        raise typer.Exit(2)
+    return {"run": {"id": run, "cap_nanousd": cap_nanousd}}
 
 
 def _prompt(prompt: str | None, prompt_file: str | None) -> str:

@@ -216,7 +216,7 @@ class Ledger(MembershipOps, CreditOps, RunOps):
                 snapshot=snapshot(limit, spent, reserved, end, rem),
             )
         if kind == 2:
-            _, name, remaining, retry, limit, spent, reserved, end, ix, label, rem = reply
+            _, name, remaining, retry, limit, spent, reserved, end, ix, label, rem = reply[:11]
             if ix:
                 await self._index_created(user_id)
             retry_ms = int(retry)
@@ -226,6 +226,7 @@ class Ledger(MembershipOps, CreditOps, RunOps):
                 retry_after_ms=None if retry_ms < 0 else retry_ms,
                 snapshot=snapshot(limit, spent, reserved, end, rem),
                 scope=text(label),
+                run_closed=len(reply) > 11,
             )
         if kind == 3:
             return NoBudget()

@@ -226,6 +226,8 @@ class Refused:
     retry_after_ms: int | None
     snapshot: PeriodSnapshot
     scope: str = ""
+    run_closed: bool = False
+    """The job's run is closed (by hand or at its expiry): it takes no job any more."""
 
 
 @dataclass(frozen=True, slots=True)

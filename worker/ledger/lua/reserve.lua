@@ -25,7 +25,8 @@
 --       remaining}                                                        reserved
 --   {2, limit('usd'|'rpm'|'tpm'), remaining, retry_after_ms(-1 never),
 --       limit_nanousd, spent, reserved, period_end_ms, needs_index, scope label,
---       remaining}                       refused (the snapshot: the refusing scope's)
+--       remaining[, 1 when the job's run is closed]}
+--                                        refused (the snapshot: the refusing scope's)
 --   {3}                                                                   no budget
 --   {4, has_outcome, outcome|'', has_snapshot, limit_nanousd, spent, reserved,
 --       period_end_ms, remaining}                                         finished
@@ -133,7 +134,7 @@ if ARGV[18] ~= '' then
     if run.state ~= 'open' then
       local spent_s, reserved_s = read_spend(run_p .. 'spend:all')
       return {2, 'usd', '0', '-1', run_b.limit_s, spent_s, reserved_s, '-1',
-        budget.needs_index, run_b.label, '0'}
+        budget.needs_index, run_b.label, '0', 1}
     end
   else
     new_run = true
