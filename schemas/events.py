@@ -47,6 +47,7 @@ __all__ = [
     "Usage",
     "encode_event",
     "parse_event",
+    "rejection_retryable",
 ]
 
 RejectReason = Literal[
@@ -182,6 +183,13 @@ class CompletionSucceeded(EventBase):
         return nanousd_to_usd(self.cost_nanousd)
 
 
+def rejection_retryable(reason: object, retry_after_s: object) -> bool:
+    """Whether a rejection lifts by itself: a budget or rate limit that resets (its
+    retry time is known); never a job larger than the limit itself, nor any other
+    reason."""
+    return reason in ("budget_exceeded", "rate_limited") and retry_after_s is not None
+
+
 class CompletionRejected(EventBase):
     """The job was not run, and nothing was charged."""
 
@@ -207,6 +215,32 @@ class CompletionRejected(EventBase):
     limit: Literal["usd", "rpm", "tpm"] | None = Field(
         default=None, description="For budget_exceeded and rate_limited: which limit refused."
     )
+    retryable: bool = Field(
+        description=(
+            "Whether sending the same job again after retry_after_s, unchanged, may "
+            "succeed without an operator's help: true for budget_exceeded and "
+            "rate_limited when the limit resets (retry_after_s is set); false otherwise "
+            "(a job larger than the whole limit, a lifetime budget spent, a closed run, "
+            "no budget, a bad job). Events written before this field existed get it "
+            "from these rules."
+        ),
+    )
+    remaining_nanousd: NanoUSD | None = Field(
+        default=None,
+        description="For budget_exceeded: what the refusing scope could still take.",
+    )
+    resets_at: AwareDatetime | None = Field(
+        default=None,
+        description="When the refusing limit lifts (occurred_at + retry_after_s), if it does.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retryable_by_rule(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "retryable" not in data:
+            reason = data.get("reason")
+            data = {**data, "retryable": rejection_retryable(reason, data.get("retry_after_s"))}
+        return data
 
     @computed_field  # type: ignore[prop-decorator]
     @property

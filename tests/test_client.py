@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from schemas.events import CompletionSucceeded, encode_event
+from schemas.events import CompletionSucceeded, encode_event, parse_event
 from schemas.jobs import InvalidJob, UndecodableJob, parse_job
 from tests.support import (
     Topics,
@@ -30,7 +30,14 @@ from tests.support import (
     worker_env,
     write_models_file,
 )
-from worker.client import JobClient, ResultWaiter, SubmitFailed, SyncJobClient, build_job
+from worker.client import (
+    JobClient,
+    ResultWaiter,
+    SubmitFailed,
+    SyncJobClient,
+    build_job,
+    retry_delay_s,
+)
 from worker.dev.servers import EmbeddedKafka
 from worker.errors import ConfigError, KafkaUnavailable
 from worker.ledger import Budget, Ledger
@@ -292,3 +299,18 @@ def test_the_sync_client_for_an_unreachable_broker_raises_and_leaves_nothing_ope
     assert result.stdout.startswith(f"cannot reach Kafka at {bootstrap} "), result
     # aiokafka logs its attempts (the caller's logging decides where); nothing unclosed.
     assert "Unclosed" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_retry_delay_says_when_sending_a_job_again_can_help() -> None:
+    examples = Path(__file__).parent.parent / "schemas" / "examples"
+    rejected = json.loads((examples / "completion_rejected.json").read_text())
+    assert retry_delay_s(parse_event(json.dumps(rejected))) == 51530.0
+    rejected.update(retry_after_s=None, retryable=False)
+    assert retry_delay_s(parse_event(json.dumps(rejected))) is None
+    failed = json.loads((examples / "completion_failed.json").read_text())
+    failed["retryable"] = True
+    assert retry_delay_s(parse_event(json.dumps(failed))) == 0.0
+    failed["retryable"] = False
+    assert retry_delay_s(parse_event(json.dumps(failed))) is None
+    succeeded = (examples / "completion_succeeded.json").read_text()
+    assert retry_delay_s(parse_event(succeeded)) is None

@@ -19,7 +19,7 @@ from schemas.money import NANOUSD_PER_USD
 from tests.support import MODEL, InProcess, in_process, job, spent
 from worker.dev.doubles import Call, ScriptedProvider, answer
 from worker.errors import RetryableProviderError
-from worker.ledger import Budget, Scope
+from worker.ledger import Budget, Reserved, Scope
 
 USD = NANOUSD_PER_USD
 
@@ -117,9 +117,33 @@ async def test_an_estimate_larger_than_the_whole_budget_says_it_can_never_fit(
     event = outcome.event
     assert isinstance(event, CompletionRejected) and event.reason == "budget_exceeded"
     assert "can never fit" in event.detail
+    assert not event.retryable and event.resets_at is None  # waiting cannot help
     for fix in ("max_tokens", "BW_DEFAULT_MAX_TOKENS", "BW_ADMISSION_POLICY=clamp"):
         assert fix in event.detail
     assert rig.provider.calls == []
+
+
+async def test_a_refusal_that_lifts_says_when_and_how_much_remains(redis_url: str) -> None:
+    """A job that would fit a fresh period is refused retryable, with what remains and
+    when the day ends."""
+    rig = in_process(redis_url, ScriptedProvider(), admission_policy="reject")
+    try:
+        await rig.ledger.set_budget("erin", Budget(100_000, "daily"))
+        held = await rig.ledger.reserve(
+            "erin", "other", cost_nanousd=90_000, tokens=0, lease_ms=60_000, holder="h"
+        )
+        assert isinstance(held, Reserved)
+        event = (await rig.jobs.run(decoded("j1", "erin", max_tokens=64))).event
+    finally:
+        await rig.close()
+    assert isinstance(event, CompletionRejected) and event.reason == "budget_exceeded"
+    assert event.retryable and event.remaining_nanousd == 10_000
+    assert event.estimated_cost_nanousd is not None and event.estimated_cost_nanousd > 10_000
+    assert event.retry_after_s is not None and event.resets_at is not None
+    midnight = (event.occurred_at + timedelta(days=1)).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    assert abs((event.resets_at - midnight).total_seconds()) < 2
 
 
 async def test_a_refusal_names_the_scope_and_limit_that_refused(redis_url: str) -> None:
@@ -139,6 +163,8 @@ async def test_a_refusal_names_the_scope_and_limit_that_refused(redis_url: str) 
         await rig.close()
     assert isinstance(by_team, CompletionRejected) and by_team.reason == "budget_exceeded"
     assert (by_team.scope, by_team.limit) == ("team:eng", "usd")
+    # The estimate is more than the team's whole cap: waiting cannot help.
+    assert not by_team.retryable and by_team.remaining_nanousd == 1000
     assert by_team.budget is not None and by_team.budget.limit_nanousd == 1000
     assert "team:eng" in by_team.detail
     assert isinstance(by_model, CompletionRejected)

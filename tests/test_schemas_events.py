@@ -234,3 +234,36 @@ def test_derived_usd_survives_a_round_trip_for_any_amount(cost_nanousd: int) -> 
     assert isinstance(parsed, CompletionFailed)
     assert parsed.cost_nanousd == cost_nanousd
     assert parsed.cost_usd == cost_nanousd / 1_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("reason", "retry_after_s", "retryable"),
+    [
+        ("rate_limited", 2.0, True),
+        ("rate_limited", None, False),
+        ("budget_exceeded", 3600.0, True),
+        ("budget_exceeded", None, False),
+        ("no_budget", None, False),
+        ("invalid_job", None, False),
+        ("unknown_model", None, False),
+        ("expired", None, False),
+    ],
+)
+def test_a_rejection_written_before_retryable_existed_gets_it_by_rule(
+    reason: str, retry_after_s: float | None, retryable: bool
+) -> None:
+    raw = json.loads((EXAMPLES / "completion_rejected.json").read_text())
+    for field in ("retryable", "remaining_nanousd", "resets_at"):
+        del raw[field]
+    raw.update(reason=reason, retry_after_s=retry_after_s)
+    event = parse_event(json.dumps(raw))
+    assert isinstance(event, CompletionRejected)
+    assert event.retryable is retryable
+    assert event.resets_at is None
+
+
+def test_a_rejection_keeps_the_retryable_it_was_sent_with() -> None:
+    raw = json.loads((EXAMPLES / "completion_rejected.json").read_text())
+    raw["retryable"] = False
+    event = parse_event(json.dumps(raw))
+    assert isinstance(event, CompletionRejected) and event.retryable is False

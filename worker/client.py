@@ -32,7 +32,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from schemas.events import TerminalEvent
+from schemas.events import CompletionFailed, CompletionRejected, TerminalEvent
 from schemas.jobs import CompletionJob, JobLimits, parse_job
 from worker.connections import kafka_options, unreachable
 from worker.errors import KafkaUnavailable
@@ -49,6 +49,7 @@ __all__ = [
     "WaiterStats",
     "build_job",
     "limits_of",
+    "retry_delay_s",
 ]
 
 
@@ -272,3 +273,16 @@ class SyncJobClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def retry_delay_s(event: TerminalEvent) -> float | None:
+    """How long to wait before sending a job again, or None when sending it again cannot
+    help (it succeeded, or its refusal or failure is terminal). Send it with a new
+    ``job_id``: the old one is answered with its first outcome for as long as that is
+    stored (``BW_OUTCOME_TTL_S``). A failed job may go again at once: the worker has
+    already retried the provider."""
+    if isinstance(event, CompletionRejected):
+        return event.retry_after_s if event.retryable else None
+    if isinstance(event, CompletionFailed):
+        return 0.0 if event.retryable else None
+    return None

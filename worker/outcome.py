@@ -7,7 +7,7 @@ schema: a stored event is parsed and rebuilt, never patched as JSON.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from schemas.events import (
@@ -19,6 +19,7 @@ from schemas.events import (
     TerminalEvent,
     Usage,
     parse_event,
+    rejection_retryable,
 )
 from schemas.jobs import CompletionJob
 from worker import ledger
@@ -64,8 +65,11 @@ class Outcomes:
         budget: ledger.PeriodSnapshot | None = None,
         refused: ledger.Refused | None = None,
     ) -> CompletionRejected:
+        now = datetime.now(UTC)
+        remaining = refused.remaining if refused is not None and refused.limit == "usd" else None
         return CompletionRejected(
             type="completion.rejected",
+            occurred_at=now,
             job_id=job_id,
             user_id=user_id,
             model=model,
@@ -78,6 +82,9 @@ class Outcomes:
             budget=snapshot(budget),
             scope=refused.scope[:300] if refused is not None and refused.scope else None,
             limit=refused.limit if refused is not None else None,
+            retryable=rejection_retryable(reason, retry_after_s),
+            remaining_nanousd=remaining,
+            resets_at=None if retry_after_s is None else now + timedelta(seconds=retry_after_s),
         )
 
     def reject_job(
