@@ -899,7 +899,7 @@ async def test_a_claim_of_a_request_that_never_finished_lapses_soon(book: ledger
     from worker.admin.idempotency import CLAIM_TTL_S, IdempotencyStore
     from worker.admin.problems import ApiError
 
-    store = IdempotencyStore(book.conn, ttl_s=86_400)
+    store = IdempotencyStore(book.idempotency_records(), ttl_s=86_400)
     assert await store.claim("k", "fingerprint") is None  # and then the process dies
     names = await book.conn.command("KEYS", "bw:{admin:idem:*")
     assert 0 < await book.conn.command("TTL", names[0]) <= CLAIM_TTL_S

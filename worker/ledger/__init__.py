@@ -9,8 +9,10 @@ nothing. The design, its invariant and its key layout are in ``docs/ledger.md``.
 
 - ``types``: what the ledger takes and answers;
 - ``connection``: the only module that imports redis, and translates its errors;
-- ``scopes``: limits, membership, credits, and where each user's keys live;
-- ``book``: the job steps, and :class:`Ledger`, which has them all.
+- ``scopes``: limits, credits (``credits``), membership (``membership``), and where each
+  user's keys live;
+- ``book``: the job steps, and :class:`Ledger`, which has them all;
+- ``idempotency``: the admin API's records per ``Idempotency-Key``, in the same Redis.
 """
 
 from worker.ledger.book import Ledger
