@@ -360,13 +360,76 @@ async def test_a_move_while_jobs_are_in_flight_is_409_with_retry_after(
 async def test_a_team_cannot_change_org(api: TestClient[Any, Any]) -> None:
     await call(api, "PUT", "/v1/scopes/teams/eng", {"org": "acme"})
     status, data = await call(api, "PUT", "/v1/scopes/teams/eng", {"org": "other"})
-    assert status == 409
-    assert error_of(data)[0] == "conflict"
+    assert (status, error_of(data)) == (409, ("conflict", "org"))
 
 
-async def test_membership_of_a_team_not_created_is_409(api: TestClient[Any, Any]) -> None:
+async def test_membership_of_a_team_not_created_is_404_naming_the_team(
+    api: TestClient[Any, Any],
+) -> None:
     status, data = await call(api, "PUT", "/v1/scopes/users/alice/membership", {"team": "nope"})
-    assert (status, error_of(data)[0]) == (409, "conflict")
+    assert (status, error_of(data)) == (404, ("unknown_scope", "team"))
+
+
+async def test_a_budget_of_a_team_not_created_is_404(api: TestClient[Any, Any]) -> None:
+    for method in ("PUT", "PATCH"):
+        status, data = await call(api, method, "/v1/scopes/teams/nope/budget", {"rpm": 5})
+        assert (status, error_of(data)) == (404, ("unknown_scope", "path.name"))
+
+
+async def test_membership_answers_for_a_user_without_a_budget(
+    api: TestClient[Any, Any], book: ledger.Ledger
+) -> None:
+    await book.create_team("eng", "acme")
+    status, data = await call(api, "PUT", "/v1/scopes/users/alice/membership", {"team": "eng"})
+    assert (status, data) == (200, {"user": "alice", "team": "eng", "org": "acme"})
+    assert await book.state("alice") is None  # no USD limit, no credits
+    status, data = await call(api, "GET", "/v1/scopes/users/alice/membership")
+    assert (status, data) == (200, {"user": "alice", "team": "eng", "org": "acme"})
+    status, data = await call(api, "PUT", "/v1/scopes/users/bob/membership", {"org": "acme"})
+    assert (status, data) == (200, {"user": "bob", "team": None, "org": "acme"})
+    status, data = await call(api, "GET", "/v1/scopes/users/nobody/membership")
+    assert (status, error_of(data)) == (404, ("unknown_scope", "path.name"))
+
+
+async def test_team_members_page_through_every_member_once(
+    api: TestClient[Any, Any], book: ledger.Ledger
+) -> None:
+    await book.create_team("eng", "acme")
+    config = await book.conn.command("CONFIG", "GET", "hash-max-listpack-entries")
+    count = int(dict(config.items())[b"hash-max-listpack-entries"]) + 20  # HSCAN really pages
+    users = {f"user/{i:04}" for i in range(count)}
+    for user in users:
+        await book.set_membership(user, team="eng")
+    await book.set_membership("direct", org="acme")
+    seen: list[str] = []
+    cursor = ""
+    for _ in range(1000):
+        status, page = await call(
+            api, "GET", f"/v1/scopes/teams/eng/members?limit=50&cursor={cursor}"
+        )
+        assert status == 200
+        assert page["scope"] == {"kind": "teams", "name": "eng"}
+        seen += [item["name"] for item in page["items"]]
+        if page["next_cursor"] is None:
+            break
+        cursor = page["next_cursor"]
+    assert sorted(seen) == sorted(users)
+    status, page = await call(api, "GET", "/v1/scopes/orgs/acme/members")
+    assert (status, page["items"], page["next_cursor"]) == (200, [{"name": "direct"}], None)
+
+
+@pytest.mark.parametrize("path", ["/v1/scopes/teams/nope/members", "/v1/scopes/orgs/nope/members"])
+async def test_members_of_a_scope_never_created_is_404(
+    api: TestClient[Any, Any], path: str
+) -> None:
+    status, data = await call(api, "GET", path)
+    assert (status, error_of(data)) == (404, ("unknown_scope", "path.name"))
+
+
+async def test_a_bad_members_cursor_is_422(api: TestClient[Any, Any], book: ledger.Ledger) -> None:
+    await book.create_team("eng", "acme")
+    status, data = await call(api, "GET", "/v1/scopes/teams/eng/members?cursor=x")
+    assert (status, error_of(data)) == (422, ("invalid", "query.cursor"))
 
 
 async def test_membership_names_team_or_org_not_both(api: TestClient[Any, Any]) -> None:
@@ -445,20 +508,32 @@ async def test_a_grant_id_reused_for_another_amount_is_409(
     assert error_of(data) == ("grant_id_reused", "id")
 
 
-async def test_a_grant_to_a_scope_without_a_record_is_409(api: TestClient[Any, Any]) -> None:
+async def test_credits_of_a_scope_without_a_record_are_404(api: TestClient[Any, Any]) -> None:
+    for part, body in [("grants", {"id": "g", "amount_nanousd": 5}), ("adjustments", None)]:
+        body = body or {"id": "a", "amount_nanousd": 5}
+        status, data = await call(api, "POST", f"/v1/scopes/users/alice/{part}", body)
+        assert (status, error_of(data)) == (404, ("no_budget", "path.name"))
+
+
+async def test_a_grant_past_the_most_a_scope_holds_is_409(
+    api: TestClient[Any, Any], book: ledger.Ledger
+) -> None:
+    await book.set_budget("alice", ledger.Budget(None, "none"))
+    for i in range(100):
+        await book.grant("alice", ledger.Grant(id=f"g{i}", amount_nanousd=1))
     status, data = await call(
-        api, "POST", "/v1/scopes/users/alice/grants", {"id": "g", "amount_nanousd": 5}
+        api, "POST", "/v1/scopes/users/alice/grants", {"id": "more", "amount_nanousd": 1}
     )
-    assert (status, error_of(data)[0]) == (409, "conflict")
+    assert (status, error_of(data)) == (409, ("limit_reached", None))
 
 
 async def test_an_adjustment_applies_once(api: TestClient[Any, Any], book: ledger.Ledger) -> None:
     await book.set_budget("alice", ledger.Budget(None, "none"))
     body = {"id": "fix-1", "amount_nanousd": 700, "note": "goodwill"}
-    for _ in range(2):
+    for status_wanted, created in [(201, True), (200, False)]:
         status, data = await call(api, "POST", "/v1/scopes/users/alice/adjustments", body)
-        assert status == 200
-        assert data == {"id": "fix-1", "applied_nanousd": 700}
+        assert status == status_wanted
+        assert data == {"id": "fix-1", "created": created, "applied_nanousd": 700}
     state = await book.state("alice")
     assert state is not None
     assert state.credits_nanousd == 700
@@ -484,7 +559,22 @@ async def test_a_debit_takes_at_most_what_the_credits_hold(
     await book.grant("alice", ledger.Grant(id="g", amount_nanousd=300))
     body = {"id": "debit-1", "amount_nanousd": -500}
     status, data = await call(api, "POST", "/v1/scopes/users/alice/adjustments", body)
+    assert (status, data["applied_nanousd"]) == (201, -300)
+    status, data = await call(api, "POST", "/v1/scopes/users/alice/adjustments", body)
     assert (status, data["applied_nanousd"]) == (200, -300)
+
+
+async def test_a_debit_id_reused_with_an_amount_that_could_fit_is_409(
+    api: TestClient[Any, Any], book: ledger.Ledger
+) -> None:
+    """The ledger keeps what each id asked: -400 is not a retry of -500, though -300
+    applied would fit either."""
+    await book.set_budget("alice", ledger.Budget(None, "none"))
+    await book.grant("alice", ledger.Grant(id="g", amount_nanousd=300))
+    path = "/v1/scopes/users/alice/adjustments"
+    await call(api, "POST", path, {"id": "debit-1", "amount_nanousd": -500})
+    status, data = await call(api, "POST", path, {"id": "debit-1", "amount_nanousd": -400})
+    assert (status, error_of(data)) == (409, ("adjustment_id_reused", "id"))
 
 
 async def test_history_pages_through_every_entry(
@@ -604,7 +694,7 @@ async def test_a_failed_write_gives_its_key_up(
     path, key = "/v1/scopes/users/alice/grants", {"Idempotency-Key": "k-3"}
     grant = {"id": "g", "amount_nanousd": 5}
     status, _ = await call(api, "POST", path, grant, **key)
-    assert status == 409  # no budget record yet
+    assert status == 404  # no budget record yet
     await book.set_budget("alice", ledger.Budget(None, "none"))
     status, _ = await call(api, "POST", path, grant, **key)
     assert status == 201
@@ -809,7 +899,7 @@ async def test_a_claim_of_a_request_that_never_finished_lapses_soon(book: ledger
     from worker.admin.idempotency import CLAIM_TTL_S, IdempotencyStore
     from worker.admin.problems import ApiError
 
-    store = IdempotencyStore(book.conn, ttl_s=86_400)
+    store = IdempotencyStore(book.idempotency_records(), ttl_s=86_400)
     assert await store.claim("k", "fingerprint") is None  # and then the process dies
     names = await book.conn.command("KEYS", "bw:{admin:idem:*")
     assert 0 < await book.conn.command("TTL", names[0]) <= CLAIM_TTL_S
@@ -902,6 +992,8 @@ async def test_every_admin_operation_runs_under_the_workers_acl(tmp_path: Path) 
                 ("PUT", "/v1/scopes/users/alice/models/m/budget", {"limit_nanousd": 5}, {}),
                 ("PUT", "/v1/scopes/users/alice/membership", {"team": "eng"}, {}),
                 ("GET", "/v1/scopes/users/alice/membership", None, {}),
+                ("GET", "/v1/scopes/teams/eng/members", None, {}),
+                ("GET", "/v1/scopes/orgs/acme/members", None, {}),
                 ("POST", "/v1/scopes/users/alice/grants", {"id": "g", "amount_nanousd": 9}, {}),
                 (
                     "POST",

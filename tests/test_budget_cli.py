@@ -464,7 +464,9 @@ def test_grant_adjust_and_history_show_where_each_nano_usd_went(cli: Any, redis_
     )
     assert result.exit_code == 0, result.output
     assert "adjusted -$0.25" in result.stdout
-    assert cli("adjust", "carol", "--amount-usd=-0.25", "--id", "fix-1").exit_code == 0
+    retried = cli("adjust", "carol", "--amount-usd=-0.25", "--id", "fix-1")
+    assert retried.exit_code == 0 and "exists already" in retried.stdout
+    assert cli("adjust", "carol", "--amount-usd=0.5", "--id", "fix-1").exit_code == 1
     shown = json.loads(cli("history", "carol", "--json").stdout)
     rows = [(e["kind"], e["grant"], e["amount_nanousd"]) for e in shown["entries"]]
     assert rows == [

@@ -128,6 +128,24 @@ def one(kind: str, directory: Path = K8S / "base") -> dict[str, Any]:
     return doc
 
 
+def by_component(kind: str, component: str, directory: Path = K8S / "base") -> dict[str, Any]:
+    """The one manifest of ``kind`` for ``component`` (``worker``, ``admin``)."""
+    (doc,) = [
+        d
+        for d in k8s_kind(kind, directory)
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]
+    return doc
+
+
+def deployment_of(component: str = "worker") -> dict[str, Any]:
+    return by_component("Deployment", component)
+
+
+def service_of(component: str = "worker") -> dict[str, Any]:
+    return by_component("Service", component)
+
+
 def settings_configmap(docs: list[dict[str, Any]]) -> dict[str, str]:
     (doc,) = [
         d
@@ -423,9 +441,9 @@ def test_dockerfile_runs_a_real_command_of_the_console_script() -> None:
 
 
 def test_deployment_and_compose_commands_are_real_commands() -> None:
-    (deployment,) = k8s_kind("Deployment")
-    (worker,) = deployment["spec"]["template"]["spec"]["containers"]
-    cli_help(*worker.get("args", ["run"]))
+    for component in ("worker", "admin"):
+        (container,) = deployment_of(component)["spec"]["template"]["spec"]["containers"]
+        cli_help(*container.get("args", ["run"]))
 
     fake = compose()["services"]["fake-provider"]
     command = [str(part) for part in fake["command"]]
@@ -505,7 +523,7 @@ def test_dockerfile_runtime_stays_offline_non_root_and_healthchecked() -> None:
 def test_probes_and_ports_agree_with_the_metrics_port() -> None:
     data = settings_configmap(k8s_kind("ConfigMap"))
     port = metrics_port(data)
-    deployment = one("Deployment")
+    deployment = deployment_of()
     (worker,) = deployment["spec"]["template"]["spec"]["containers"]
     named = {p["name"]: p["containerPort"] for p in worker["ports"]}
     assert named["metrics"] == port
@@ -522,7 +540,7 @@ def test_probes_and_ports_agree_with_the_metrics_port() -> None:
         port
     )
 
-    service = one("Service")
+    service = service_of()
     (service_port,) = service["spec"]["ports"]
     assert service_port["port"] == port
     assert resolve(service_port["targetPort"]) == port
@@ -544,7 +562,7 @@ def test_probes_and_ports_agree_with_the_metrics_port() -> None:
 
 
 def test_worker_pods_are_non_root_read_only_and_bounded() -> None:
-    deployment = one("Deployment")
+    deployment = deployment_of()
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     (worker,) = pod["containers"]
@@ -564,7 +582,7 @@ def test_termination_grace_outlasts_shutdown_grace_plus_drain() -> None:
     data = settings_configmap(k8s_kind("ConfigMap"))
     assert {"BW_SHUTDOWN_GRACE_S", "BW_DRAIN_TIMEOUT_S"} <= data.keys(), "set them explicitly"
     needed = float(data["BW_SHUTDOWN_GRACE_S"]) + float(data["BW_DRAIN_TIMEOUT_S"])
-    pod = one("Deployment")["spec"]["template"]["spec"]
+    pod = deployment_of()["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] > needed
 
     worker = compose()["services"]["worker"]
@@ -572,6 +590,80 @@ def test_termination_grace_outlasts_shutdown_grace_plus_drain() -> None:
     needed = float(env["BW_SHUTDOWN_GRACE_S"]) + float(env["BW_DRAIN_TIMEOUT_S"])
     grace = re.fullmatch(r"(\d+)s", worker["stop_grace_period"])
     assert grace and int(grace.group(1)) > needed
+
+
+# --- the admin API ---------------------------------------------------------------------------
+
+
+def test_compose_runs_the_admin_api_with_its_token_from_a_secret() -> None:
+    from worker.admin.auth import MIN_TOKEN_CHARS
+
+    services = compose()["services"]
+    admin, worker = services["admin"], services["worker"]
+    assert admin["image"] == worker["image"]
+    assert admin["depends_on"]["redis"]["condition"] == "service_healthy"
+    env = compose_environment(admin)
+    assert "BW_ADMIN_TOKEN" not in env, "the token is a secret, not an environment value"
+    (secret,) = admin["secrets"]
+    assert compose()["secrets"][secret]["file"] == "./admin-token"
+    assert (ROOT / ".gitignore").read_text().count("deploy/admin-token") == 1
+    script = " ".join(compose_default(part) for part in admin["command"])
+    assert admin["entrypoint"] == ["/bin/sh", "-c"]
+    assert f'BW_ADMIN_TOKEN="$(cat /run/secrets/{secret})"' in script
+    assert script.endswith("exec budget-worker admin")
+    settings = settings_from({**env, "BW_ADMIN_TOKEN": "x" * MIN_TOKEN_CHARS})
+    assert settings.redis_url == compose_environment(worker)["BW_REDIS_URL"]
+    assert settings.admin_host == "0.0.0.0"  # in its container; published on loopback only
+    (published,) = [compose_default(p) for p in admin["ports"]]
+    assert published == f"127.0.0.1:{settings.admin_port}:{settings.admin_port}"
+    probe = admin["healthcheck"]["test"][-1]
+    assert f"http://127.0.0.1:{settings.admin_port}/healthz" in probe
+    assert admin["read_only"] is True
+
+
+def test_kubernetes_runs_the_admin_api_with_probes_and_its_token_from_a_secret() -> None:
+    from worker.admin.auth import MIN_TOKEN_CHARS
+
+    admin = deployment_of("admin")
+    pod = admin["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["admin"]
+    assert (
+        container["image"] == deployment_of()["spec"]["template"]["spec"]["containers"][0]["image"]
+    )
+    assert [next(iter(s)) for s in container["envFrom"]] == ["configMapRef"]
+    env = {e["name"]: e for e in container["env"]}
+    token = env["BW_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert token == {"name": "budget-worker-admin-token", "key": "token"}
+    data = settings_configmap(k8s_kind("ConfigMap"))
+    assert "BW_ADMIN_TOKEN" not in data, "the token lives in its Secret only"
+    values = {name: e["value"] for name, e in env.items() if "value" in e}
+    settings = settings_from({**data, **values, "BW_ADMIN_TOKEN": "x" * MIN_TOKEN_CHARS})
+    assert settings.admin_host == "0.0.0.0"
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert named["admin"] == settings.admin_port
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        check = container[probe]["httpGet"]
+        assert check["path"] == "/healthz", probe
+        assert named.get(check["port"], check["port"]) == settings.admin_port, probe
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"requests", "limits"} <= container["resources"].keys()
+    labels = admin["spec"]["template"]["metadata"]["labels"]
+    assert admin["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    front = service_of("admin")
+    assert front["spec"]["selector"].items() <= labels.items()
+    (port,) = front["spec"]["ports"]
+    assert named.get(port["targetPort"], port["targetPort"]) == settings.admin_port
+    # The workers' Service, PDB and scaler never select the admin pods.
+    worker_labels = deployment_of()["spec"]["template"]["metadata"]["labels"]
+    assert not service_of()["spec"]["selector"].items() <= labels.items()
+    assert service_of()["spec"]["selector"].items() <= worker_labels.items()
+    overlay = load_yaml(K8S / "overlays" / "example" / "kustomization.yaml")[0]
+    (generated,) = [g for g in overlay["secretGenerator"] if g["name"] == token["name"]]
+    (literal,) = generated["literals"]
+    key, _, value = literal.partition("=")
+    assert key == "token" and len(value) >= MIN_TOKEN_CHARS
 
 
 # --- scaling -------------------------------------------------------------------------------
@@ -609,7 +701,7 @@ def test_keda_reads_the_lag_of_the_group_and_topic_the_workers_use(overlay: Path
     assert meta.get("allowIdleConsumers", "false") == "false"
     assert (
         one("ScaledObject", K8S / "base")["spec"]["scaleTargetRef"]["name"]
-        == one("Deployment")["metadata"]["name"]
+        == deployment_of()["metadata"]["name"]
     )
 
 
@@ -620,7 +712,7 @@ def test_servicemonitor_is_optional_and_pdb_selects_the_workers() -> None:
     assert (K8S / "base" / "servicemonitor.yaml").exists()
     listed = {p.name for p in (K8S / "base").glob("*.yaml")} - {"kustomization.yaml"}
     assert resources == listed - {"servicemonitor.yaml"}
-    labels = one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    labels = deployment_of()["spec"]["template"]["metadata"]["labels"]
     pdb = one("PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
@@ -637,13 +729,26 @@ def test_kustomize_builds_and_keeps_references(overlay: Path) -> None:
     assert {"Deployment", "Service", "PodDisruptionBudget", "ScaledObject", "Job"} <= kinds
     assert "ServiceMonitor" not in kinds
     settings_from(settings_configmap(docs))
-    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
-    (worker,) = deployment["spec"]["template"]["spec"]["containers"]
+    pods = {
+        d["metadata"]["labels"]["app.kubernetes.io/component"]: d["spec"]["template"]["spec"]
+        for d in docs
+        if d["kind"] == "Deployment"
+    }
+    assert pods.keys() == {"worker", "admin"}
+    (worker,) = pods["worker"]["containers"]
+    (admin,) = pods["admin"]["containers"]
     secret_ref = next(s["secretRef"]["name"] for s in worker["envFrom"] if "secretRef" in s)
+    (token_ref,) = [
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for e in admin["env"]
+        if e["name"] == "BW_ADMIN_TOKEN"
+    ]
     if overlay.name == "example":
-        secrets = {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
+        secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
         assert secret_ref in secrets, "the generated Secret's hashed name reaches the pods"
-        assert worker["image"].endswith(":0.1.0")
+        assert token_ref in secrets, "... and the admin token's reaches the admin pods"
+        assert "token" in secrets[token_ref]["data"]
+        assert worker["image"].endswith(":0.1.0") and admin["image"] == worker["image"]
         assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {
             "llm-budget"
         }

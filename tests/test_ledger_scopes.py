@@ -10,12 +10,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from worker.errors import LimitReached, NoBudgetRecord, ScopeConflict, UnknownScope
 from worker.ledger import (
+    Adjustment,
     Budget,
     Finished,
     Grant,
     JobsInFlight,
     Ledger,
+    Membership,
     NoBudget,
     Refused,
     Reserved,
@@ -309,9 +312,13 @@ async def test_grants_and_adjustments_are_idempotent_by_id(ledger: Ledger, ids: 
     created, first = await ledger.grant(team, Grant("topup-1", 1000, priority=2))
     again, second = await ledger.grant(team, Grant("topup-1", 5000))
     assert created and not again and second == first and first.remaining_nanousd == 1000
-    assert await ledger.adjust(team, "fix-1", -300, note="refund reversed") == -300
-    assert await ledger.adjust(team, "fix-1", -300) == -300
-    assert await ledger.adjust(team, "fix-2", 50) == 50
+    assert await ledger.adjust(team, "fix-1", -300, note="refund reversed") == Adjustment(
+        True, -300, -300
+    )
+    assert await ledger.adjust(team, "fix-1", -300) == Adjustment(False, -300, -300)
+    # A reused id answers the stored adjustment, asked amount included; nothing changes.
+    assert await ledger.adjust(team, "fix-1", 999) == Adjustment(False, -300, -300)
+    assert await ledger.adjust(team, "fix-2", 50) == Adjustment(True, 50, 50)
     state = await ledger.state(team)
     assert state is not None and state.credits_nanousd == 750
     entries = await ledger.history(team)
@@ -405,3 +412,151 @@ async def test_a_job_that_ended_before_its_user_moved_is_final_after_the_move(
     assert isinstance(await reserve(ledger, alice, "j3", 300), Reserved)
     assert await money(ledger, alice) == (200, 300)
     assert await money(ledger, Scope("team", f"{ids}-eng")) == (0, 300)
+
+
+async def test_a_debit_takes_what_the_credits_hold_and_remembers_what_it_asked(
+    ledger: Ledger, ids: str
+) -> None:
+    user = f"{ids}:alice"
+    await ledger.set_budget(user, Budget(None, "none"))
+    await ledger.grant(user, Grant("g", 300))
+    assert await ledger.adjust(user, "debit", -500) == Adjustment(True, -300, -500)
+    assert await ledger.adjust(user, "debit", -300) == Adjustment(False, -300, -500)
+
+
+async def test_an_adjustment_stored_without_its_asked_amount_still_answers(
+    ledger: Ledger, ids: str
+) -> None:
+    """Adjustments stored before asked amounts were kept hold only what was applied."""
+    user = f"{ids}:alice"
+    await ledger.set_budget(user, Budget(None, "none"))
+    await ledger.grant(user, Grant("g", 300))
+    await ledger.adjust(user, "credit", 70)
+    await ledger.adjust(user, "debit", -500)
+    slot = await ledger.slot_of(user)
+    key = slot.user(user) + "adjusted"
+    await ledger.conn.command("HSET", key, "credit", "70", "debit", "-300")
+    assert await ledger.adjust(user, "credit", 70) == Adjustment(False, 70, 70)
+    assert await ledger.adjust(user, "debit", -500) == Adjustment(False, -300, None)
+
+
+# -- typed refusals -----------------------------------------------------------------------
+
+
+async def test_each_refusal_is_a_typed_value_error_naming_its_scope(
+    ledger: Ledger, ids: str
+) -> None:
+    team, org = f"{ids}-eng", f"{ids}-acme"
+    with pytest.raises(UnknownScope) as unknown:
+        await ledger.set_membership(f"{ids}:alice", team=team)
+    assert (unknown.value.kind, unknown.value.name) == ("team", team)
+    with pytest.raises(UnknownScope):
+        await ledger.set_budget(Scope("team", team), Budget(1000))
+    with pytest.raises(NoBudgetRecord) as no_record:
+        await ledger.grant(f"{ids}:alice", Grant("g", 1))
+    assert (no_record.value.kind, no_record.value.name) == ("user", f"{ids}:alice")
+    with pytest.raises(NoBudgetRecord):
+        await ledger.adjust(f"{ids}:alice", "a", 1)
+    await ledger.create_team(team, org)
+    with pytest.raises(ScopeConflict) as conflict:
+        await ledger.create_team(team, f"{ids}-other")
+    assert (conflict.value.kind, conflict.value.name) == ("org", f"{ids}-other")
+    for i in range(100):
+        await ledger.grant(Scope("team", team), Grant(f"g{i}", 1))
+    with pytest.raises(LimitReached):
+        await ledger.grant(Scope("team", team), Grant("one-more", 1))
+    with pytest.raises(ValueError):  # what callers of earlier versions caught
+        await ledger.create_team(team, f"{ids}-other")
+
+
+# -- membership reads and member listings -------------------------------------------------
+
+
+async def test_membership_is_read_without_a_budget_or_credits(ledger: Ledger, ids: str) -> None:
+    team, org = f"{ids}-eng", f"{ids}-acme"
+    await ledger.create_team(team, org)
+    await ledger.set_membership(f"{ids}:alice", team=team)
+    await ledger.set_membership(f"{ids}:bob", org=org)
+    await ledger.set_budget(f"{ids}:carol", Budget(10))
+    assert await ledger.state(f"{ids}:alice") is None  # no budget of its own
+    assert await ledger.membership(f"{ids}:alice") == Membership(team, org)
+    assert await ledger.membership(f"{ids}:bob") == Membership(None, org)
+    assert await ledger.membership(f"{ids}:carol") == Membership(None, None)
+    assert await ledger.membership(f"{ids}:nobody") is None
+    await ledger.set_membership(f"{ids}:alice")
+    assert await ledger.membership(f"{ids}:alice") == Membership(None, None)
+
+
+async def test_membership_read_by_a_stale_process_follows_the_move(
+    ledger: Ledger, ids: str, clock: Clock
+) -> None:
+    other = Ledger(ledger.conn.client, clock_ms=clock)
+    alice = f"{ids}:alice"
+    await ledger.set_budget(alice, Budget(10))
+    assert await other.membership(alice) == Membership(None, None)  # caches the slot
+    await ledger.create_team(f"{ids}-eng", f"{ids}-acme")
+    await ledger.set_membership(alice, team=f"{ids}-eng")
+    assert await other.membership(alice) == Membership(f"{ids}-eng", f"{ids}-acme")
+
+
+async def all_members(ledger: Ledger, scope: Scope, count: int = 2) -> list[str]:
+    found: list[str] = []
+    cursor = None
+    for _ in range(1000):
+        page = await ledger.members(scope, cursor, count)
+        found += page.items
+        cursor = page.cursor
+        if cursor is None:
+            return sorted(found)
+    raise AssertionError("the listing never ended")
+
+
+async def test_members_follow_every_change_of_membership(ledger: Ledger, ids: str) -> None:
+    org, eng, ops = (
+        Scope("org", f"{ids}-acme"),
+        Scope("team", f"{ids}-eng"),
+        Scope("team", f"{ids}-ops"),
+    )
+    far = Scope("team", f"{ids}-far")
+    await ledger.create_team(eng.id, org.id)
+    await ledger.create_team(ops.id, org.id)
+    await ledger.create_team(far.id, f"{ids}-other")
+    users = [f"{ids}:u{i}" for i in range(5)]
+    for user in users:
+        await ledger.set_membership(user, team=eng.id)
+    assert await all_members(ledger, eng) == sorted(users)
+    await ledger.set_membership(users[0], team=ops.id)  # within the org: one step
+    await ledger.set_membership(users[1], org=org.id)  # out of the team, still in the org
+    await ledger.set_membership(users[2], team=far.id)  # to another org: a move
+    await ledger.set_membership(users[3])  # out of every org: a move to its own slot
+    await ledger.set_membership(users[4], team=eng.id)  # again: no change
+    assert await all_members(ledger, eng) == [users[4]]
+    assert await all_members(ledger, ops) == [users[0]]
+    assert await all_members(ledger, org) == [users[1]]
+    assert await all_members(ledger, far) == [users[2]]
+    await ledger.set_membership(users[2], team=eng.id)  # and back
+    assert await all_members(ledger, eng) == sorted([users[2], users[4]])
+    assert await all_members(ledger, far) == []
+
+
+async def test_members_of_an_unknown_team_or_org_are_refused(ledger: Ledger, ids: str) -> None:
+    with pytest.raises(UnknownScope):
+        await ledger.members(Scope("team", f"{ids}-nope"))
+    with pytest.raises(UnknownScope):
+        await ledger.members(Scope("org", f"{ids}-nope"))
+    with pytest.raises(ValueError):
+        await ledger.members(Scope("user", f"{ids}:alice"))
+
+
+async def test_member_ids_are_stored_encoded_in_the_org_slot(ledger: Ledger, ids: str) -> None:
+    from worker import keys
+
+    team, odd = Scope("team", f"{ids}-eng"), f"{ids}:{{u:x}} a\nb"
+    await ledger.create_team(team.id, f"{ids}-acme")
+    await ledger.set_membership(odd, team=team.id)
+    slot = keys.org_slot(keys.encode_id(f"{ids}-acme"))
+    index = keys.members(slot.team(team.id))
+    assert index.startswith(slot.prefix)  # the org's hash tag: one Cluster slot
+    fields = await ledger.conn.command("HKEYS", index)
+    assert fields == [keys.encode_id(odd).encode()]
+    assert (await ledger.members(team)).items == [odd]

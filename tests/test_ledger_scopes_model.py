@@ -31,7 +31,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from worker.ledger import Budget, Grant, Ledger, NoBudget, Refused, Reserved, Scope
+from worker.ledger import Adjustment, Budget, Grant, Ledger, NoBudget, Refused, Reserved, Scope
 
 T0 = 1_900_000_000_000
 LEASE_MS = 60_000
@@ -368,8 +368,10 @@ class ScopesMachine(RuleBasedStateMachine):
     def adjust(self, name: tuple[str, str], amount: int) -> None:
         aid = self.fresh("a")
         got = self.run(self.ledger.adjust(self.scope(name), aid, amount))
-        assert got == self.model.adjust(name, aid, amount)
-        assert self.run(self.ledger.adjust(self.scope(name), aid, amount)) == got
+        assert got.created and got.amount_nanousd == amount
+        assert got.applied_nanousd == self.model.adjust(name, aid, amount)
+        again = self.run(self.ledger.adjust(self.scope(name), aid, amount))
+        assert again == Adjustment(False, got.applied_nanousd, amount)
 
     @rule(user=st.sampled_from(USERS), team=st.sampled_from(TEAMS))
     def move(self, user: str, team: str) -> None:

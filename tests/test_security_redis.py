@@ -266,7 +266,7 @@ async def test_every_ledger_operation_runs_under_the_worker_acl(
     await ledger.set_budget(Scope("team", "eng"), Budget(limit_nanousd=10**6, rpm=10))
     await ledger.set_membership("alice", team="eng")
     await ledger.grant("alice", Grant("g1", 500))
-    assert await ledger.adjust(Scope("team", "eng"), "a1", 300) == 300
+    assert (await ledger.adjust(Scope("team", "eng"), "a1", 300)).applied_nanousd == 300
     reserved = await ledger.reserve(
         "alice", "j5", cost_nanousd=10, tokens=1, lease_ms=60_000, holder="h", model="m"
     )

@@ -190,15 +190,24 @@ def adjust(
     """Change SCOPE's credits by hand, once per id."""
     scope = parse_scope(scope_text, as_user=as_user)
 
-    async def run(book: ledger.Ledger) -> int:
+    async def run(book: ledger.Ledger) -> ledger.Adjustment:
         try:
             return await book.adjust(scope, adjustment_id, amount, note)
         except ValueError as exc:
             fail(str(exc))
 
-    applied = ledger_call(redis_url, run)
+    done = ledger_call(redis_url, run)
+    applied = done.applied_nanousd
     sign = "-" if applied < 0 else "+"
-    typer.echo(f"credits of {label(scope)} adjusted {sign}{format_usd(abs(applied))}")
+    if done.created:
+        typer.echo(f"credits of {label(scope)} adjusted {sign}{format_usd(abs(applied))}")
+        return
+    if done.amount_nanousd not in (None, amount):
+        fail(f"adjustment {adjustment_id} of {label(scope)} exists with another amount")
+    typer.echo(
+        f"adjustment {adjustment_id} of {label(scope)} exists already "
+        f"({sign}{format_usd(abs(applied))}); unchanged"
+    )
 
 
 @members.command("history")

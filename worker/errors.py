@@ -7,6 +7,12 @@ job) are return values; exceptions are for broken things.
         +-- SubmitFailed         (worker.client) a job was not acknowledged
     +-- LedgerUnavailable        Redis unreachable or timed out (retryable)
     +-- LedgerError              a script answered something impossible (not retryable)
+    +-- LedgerRefusal            the ledger refused an administrative step as things stand
+        |                        (also a ``ValueError``, as these refusals were before)
+        +-- UnknownScope         the step names a scope the ledger does not know
+        |   +-- NoBudgetRecord   ... or one without a budget record (credits need one)
+        +-- ScopeConflict        the step contradicts what is stored (a team's org)
+        +-- LimitReached         a scope holds as many of something as it may (grants)
     +-- LeaseLost                a reservation's lease was lost or could not be renewed in
                                  time: its call is stopped (retryable: admit again)
     +-- ProviderError            a model call failed; ``error_type``, ``status_code`` and
@@ -48,6 +54,35 @@ class LedgerUnavailable(BudgetWorkerError):
 
 class LedgerError(BudgetWorkerError):
     """The ledger answered something the protocol does not allow."""
+
+
+class LedgerRefusal(BudgetWorkerError, ValueError):
+    """The ledger refused an administrative step as things stand; nothing changed.
+    ``kind`` and ``name`` are the scope the refusal is about (``team``, ``eng``), so a
+    caller can say which of its inputs was at fault. A ``ValueError`` too: callers that
+    caught the plain refusals of earlier versions still catch these."""
+
+    def __init__(self, message: str, *, kind: str, name: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.name = name
+
+
+class UnknownScope(LedgerRefusal):
+    """The step names a scope the ledger does not know (a team never created)."""
+
+
+class NoBudgetRecord(UnknownScope):
+    """The scope has no budget record, which credits are kept in: set its budget first."""
+
+
+class ScopeConflict(LedgerRefusal):
+    """The step contradicts what is stored: a team created again in another
+    organisation (a team's organisation is fixed)."""
+
+
+class LimitReached(LedgerRefusal):
+    """A scope already holds as many of something as it may (active grants)."""
 
 
 class LeaseLost(BudgetWorkerError):

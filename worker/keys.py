@@ -12,7 +12,9 @@ the org (``bw:{o:O}:org:``), its teams (``bw:{o:O}:t:T:``) and users
 (``bw:{o:O}:u:U:``); a user's limit on a model is ``<user prefix>m:M:``. The
 directory ``{bw:dir}`` (which org a user or team belongs to) and the indexes
 (``{bw:users}``, ``{bw:teams}``, ``{bw:orgs}``) have slots of their own and are never
-touched by a script.
+touched by a script. A team's members and an organisation's direct members are indexed
+in the organisation's slot (``<team or org prefix>members``), by the scripts that change
+membership.
 
 Two keys are completed inside Lua, because their last part is only known there:
 the spend key of a period (``spend_prefix`` + the period id computed from Redis's
@@ -154,6 +156,13 @@ def org_slot(org_token: str) -> Slot:
 def model_scope(user_prefix: str, model: str) -> str:
     """The prefix of a user's limit on ``model``."""
     return f"{user_prefix}m:{encode_id(model)}:"
+
+
+def members(scope_prefix: str) -> str:
+    """The membership index of a team (its members) or an organisation (its users in no
+    team): encoded user id -> raw user id, in the organisation's slot. The scripts build
+    the same name from the slot prefix (common.lua, ``members_key``)."""
+    return scope_prefix + "members"
 
 
 def admin_idempotency(digest: str) -> str:

@@ -28,10 +28,9 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from worker import keys
 from worker.admin.problems import JSON, ApiError
 from worker.errors import BudgetWorkerError
-from worker.ledger.connection import Connection
+from worker.ledger.idempotency import IdempotencyRecords
 
 HEADER = "Idempotency-Key"
 MAX_KEY_CHARS = 255
@@ -55,24 +54,24 @@ retry is not refused for long. The answer, once there, is kept for the full TTL.
 
 
 class IdempotencyStore:
-    """First answers by key, in Redis, through the ledger's connection."""
+    """First answers by key, kept in the ledger's Redis by
+    :class:`worker.ledger.idempotency.IdempotencyRecords`."""
 
-    def __init__(self, conn: Connection, ttl_s: int) -> None:
-        self.conn = conn
-        self.ttl_s = str(ttl_s)
-        self.claim_ttl_s = str(min(ttl_s, CLAIM_TTL_S))
+    def __init__(self, records: IdempotencyRecords, ttl_s: int) -> None:
+        self.records = records
+        self.ttl_s = ttl_s
+        self.claim_ttl_s = min(ttl_s, CLAIM_TTL_S)
 
     async def claim(self, key: str, fingerprint: str) -> Answer | None:
         """None when this request now holds ``key`` and must run; else the answer to
         replay. Raises ``ApiError`` for a key in use by another request or still
         running."""
-        name = _name(key)
         claim = json.dumps({"fingerprint": fingerprint, "pending": True})
         for _ in range(3):
             # One atomic SET NX: of two concurrent first tries, exactly one runs.
-            if await self.conn.command("SET", name, claim, "NX", "EX", self.claim_ttl_s):
+            if await self.records.claim(key, claim, self.claim_ttl_s):
                 return None
-            raw = await self.conn.command("GET", name)
+            raw = await self.records.read(key)
             if raw is None:
                 continue  # expired between the two commands: claim it again
             record = json.loads(raw)
@@ -100,15 +99,10 @@ class IdempotencyStore:
 
     async def keep(self, key: str, fingerprint: str, answer: Answer) -> None:
         record = {"fingerprint": fingerprint, "status": answer.status, "body": answer.body}
-        await self.conn.command("SET", _name(key), json.dumps(record), "EX", self.ttl_s)
+        await self.records.store(key, json.dumps(record), self.ttl_s)
 
     async def give_up(self, key: str) -> None:
-        await self.conn.command("DEL", _name(key))
-
-
-def _name(key: str) -> str:
-    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
-    return keys.admin_idempotency(digest)
+        await self.records.release(key)
 
 
 def fingerprint(method: str, path: str, body: bytes) -> str:

@@ -15,8 +15,18 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from worker.errors import BudgetWorkerError, ConfigError, LedgerError, LedgerUnavailable
-from worker.ledger import JobsInFlight
+from worker.errors import (
+    BudgetWorkerError,
+    ConfigError,
+    LedgerError,
+    LedgerRefusal,
+    LedgerUnavailable,
+    LimitReached,
+    NoBudgetRecord,
+    ScopeConflict,
+    UnknownScope,
+)
+from worker.ledger import JobsInFlight, Scope
 
 JSON = "application/json"
 
@@ -73,6 +83,32 @@ _HTTP_CODES = {
 }
 
 
+# The ledger's refusals, most specific first: (status, code). A scope the ledger does
+# not know is 404 whether the path or the body names it (``field`` says which).
+_REFUSALS: dict[type[LedgerRefusal], tuple[int, str]] = {
+    NoBudgetRecord: (404, "no_budget"),
+    UnknownScope: (404, "unknown_scope"),
+    ScopeConflict: (409, "conflict"),
+    LimitReached: (409, "limit_reached"),
+    LedgerRefusal: (409, "conflict"),
+}
+
+
+def refused(exc: LedgerRefusal, addressed: Scope | None = None) -> ApiError:
+    """The answer to a refusal of the ledger, naming the field at fault: ``path.name``
+    when the refusal is about the scope the path addresses, else the body field of the
+    scope's kind (``team``, ``org``); none for a limit reached."""
+    status, code = next(v for cls, v in _REFUSALS.items() if isinstance(exc, cls))
+    field: str | None = None
+    if not isinstance(exc, LimitReached):
+        about_path = addressed is not None and (addressed.kind, addressed.id) == (
+            exc.kind,
+            exc.name,
+        )
+        field = "path.name" if about_path else exc.kind
+    return ApiError(status, code, str(exc), field)
+
+
 def translate(exc: BaseException) -> ApiError:
     """The error to answer for ``exc``, the most specific class first: a user with
     jobs in flight and Redis being down are worth retrying, a script answering
@@ -85,6 +121,8 @@ def translate(exc: BaseException) -> ApiError:
         code = _HTTP_CODES.get(exc.status, "http_error")
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return ApiError(exc.status, code, exc.reason, headers=allow)
+    if isinstance(exc, LedgerRefusal):
+        return refused(exc)
     for cls, (status, code) in _LEDGER_ERRORS.items():
         if isinstance(exc, cls):
             retry = {"Retry-After": "1"} if getattr(exc, "retryable", False) else {}

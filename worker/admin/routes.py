@@ -18,7 +18,8 @@ from pydantic import BaseModel, ValidationError
 
 from worker import ledger
 from worker.admin import bodies
-from worker.admin.problems import JSON, ApiError, invalid
+from worker.admin.problems import JSON, ApiError, invalid, refused
+from worker.errors import LedgerRefusal, UnknownScope
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -86,13 +87,17 @@ def _int_query(request: web.Request, name: str, default: int, low: int, high: in
     return value
 
 
-async def _step(call: Awaitable[T]) -> T:
-    """A ledger step whose ``ValueError`` is a refusal of this request (a team not
-    created, a scope without a budget record, too many grants), not a server fault."""
+async def _step(call: Awaitable[T], addressed: ledger.Scope | None = None) -> T:
+    """A ledger step whose refusal (a team not created, a scope without a budget record,
+    too many grants) is an answer to this request, naming the field at fault against
+    the scope the path ``addressed``; any other ``ValueError`` is input the ledger
+    would not take (422), not a server fault."""
     try:
         return await call
+    except LedgerRefusal as exc:
+        raise refused(exc, addressed) from None
     except ValueError as exc:
-        raise ApiError(409, "conflict", str(exc)) from None
+        raise ApiError(422, "invalid", str(exc)) from None
 
 
 async def _or_none(step: Awaitable[bool]) -> bool:
@@ -100,8 +105,17 @@ async def _or_none(step: Awaitable[bool]) -> bool:
     ``budget delete`` does): there is nothing of it to remove."""
     try:
         return await step
-    except ValueError:
+    except UnknownScope:
         return False
+
+
+def _scan_page(request: web.Request) -> tuple[str | None, int]:
+    """``cursor`` and ``limit`` of a listing that pages with Redis's SCAN cursors: the
+    cursor is opaque digits the last page gave, absent or empty for the first."""
+    cursor = request.query.get("cursor") or None
+    if cursor is not None and not (_CURSOR.fullmatch(cursor) and int(cursor) < 2**64):
+        raise ApiError(422, "invalid", "is not a cursor this API gave", "query.cursor")
+    return cursor, _int_query(request, "limit", 100, 1, MAX_PAGE)
 
 
 async def _existing(book: ledger.Ledger, scope: ledger.Scope) -> ledger.BudgetState:
@@ -128,10 +142,7 @@ async def list_scopes(request: web.Request) -> web.Response:
     kind = request.query.get("kind", "users")
     if kind not in bodies.KINDS:
         raise ApiError(422, "invalid", f"must be one of {sorted(bodies.KINDS)}", "query.kind")
-    cursor = request.query.get("cursor") or None
-    if cursor is not None and not (_CURSOR.fullmatch(cursor) and int(cursor) < 2**64):
-        raise ApiError(422, "invalid", "is not a cursor this API gave", "query.cursor")
-    limit = _int_query(request, "limit", 100, 1, MAX_PAGE)
+    cursor, limit = _scan_page(request)
     page = await _book(request).list_scopes(bodies.KINDS[kind], cursor, limit)
     return _json(
         {"kind": kind, "items": [{"name": n} for n in page.items], "next_cursor": page.cursor}
@@ -150,7 +161,7 @@ async def set_budget(request: web.Request) -> web.Response:
     scope = _scope(request)
     body = await _body(request, bodies.BudgetBody)
     budget = body.budget()
-    await _step(_book(request).set_budget(scope, budget))
+    await _step(_book(request).set_budget(scope, budget), scope)
     return _json({"scope": bodies.scope_json(scope), "budget": bodies.budget_json(budget)})
 
 
@@ -173,7 +184,7 @@ async def change_budget(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise invalid(exc) from None
     budget = body.budget()
-    await _step(book.set_budget(scope, budget))
+    await _step(book.set_budget(scope, budget), scope)
     return _json({"scope": bodies.scope_json(scope), "budget": bodies.budget_json(budget)})
 
 
@@ -199,7 +210,7 @@ async def set_model_budget(request: web.Request) -> web.Response:
     user, model = _name(request), _name(request, "model")
     body = await _body(request, bodies.BudgetBody)
     budget = body.budget()
-    await _step(_book(request).set_model_budget(user, model, budget))
+    await _step(_book(request).set_model_budget(user, model, budget), ledger.Scope("user", user))
     return _json(
         {
             "scope": {"kind": "users", "name": user},
@@ -217,15 +228,27 @@ async def create_team(request: web.Request) -> web.Response:
     """Create a team in its organisation (idempotent; a team never changes org)."""
     team = _name(request)
     body = await _body(request, bodies.TeamBody)
-    await _step(_book(request).create_team(team, body.org))
+    await _step(_book(request).create_team(team, body.org), ledger.Scope("team", team))
     return _json({"scope": {"kind": "teams", "name": team}, "org": body.org})
 
 
 @routes.get(f"/v1/scopes/users/{_NAME}/membership")
 async def show_membership(request: web.Request) -> web.Response:
+    """The user's team and org, with or without a budget; 404 only for a user the
+    ledger has no record of."""
     user = _name(request)
-    state = await _existing(_book(request), ledger.Scope("user", user))
-    return _json({"user": user, "team": state.team, "org": state.org})
+    return _json(_membership_json(user, await _membership(_book(request), user)))
+
+
+async def _membership(book: ledger.Ledger, user: str) -> ledger.Membership:
+    found = await book.membership(user)
+    if found is None:
+        raise ApiError(404, "unknown_scope", f"user {user!r} is not known", "path.name")
+    return found
+
+
+def _membership_json(user: str, found: ledger.Membership) -> dict[str, Any]:
+    return {"user": user, "team": found.team, "org": found.org}
 
 
 @routes.put(f"/v1/scopes/users/{_NAME}/membership")
@@ -234,17 +257,40 @@ async def set_membership(request: web.Request) -> web.Response:
     user = _name(request)
     body = await _body(request, bodies.MembershipBody)
     book = _book(request)
-    await _step(book.set_membership(user, team=body.team, org=body.org))
-    # A team's organisation is the ledger's to say; a user without a budget has no state.
-    state = await book.state(ledger.Scope("user", user))
-    team, org = (body.team, body.org) if state is None else (state.team, state.org)
-    return _json({"user": user, "team": team, "org": org})
+    await _step(book.set_membership(user, team=body.team, org=body.org), ledger.Scope("user", user))
+    # A team's organisation is the ledger's to say.
+    return _json(_membership_json(user, await _membership(book, user)))
+
+
+@routes.get("/v1/scopes/teams/" + _NAME + "/members")
+async def team_members(request: web.Request) -> web.Response:
+    """One page of a team's members (404 for a team never created)."""
+    return await _members(request, ledger.Scope("team", _name(request)))
+
+
+@routes.get("/v1/scopes/orgs/" + _NAME + "/members")
+async def org_members(request: web.Request) -> web.Response:
+    """One page of the users directly in an organisation, in none of its teams."""
+    return await _members(request, ledger.Scope("org", _name(request)))
+
+
+async def _members(request: web.Request, scope: ledger.Scope) -> web.Response:
+    cursor, limit = _scan_page(request)
+    page = await _step(_book(request).members(scope, cursor, limit), scope)
+    return _json(
+        {
+            "scope": bodies.scope_json(scope),
+            "items": [{"name": n} for n in page.items],
+            "next_cursor": page.cursor,
+        }
+    )
 
 
 @routes.delete(f"/v1/scopes/users/{_NAME}/membership")
 async def leave(request: web.Request) -> web.Response:
     """Take the user out of its team and org (its budget goes with it)."""
-    await _step(_book(request).set_membership(_name(request)))
+    user = _name(request)
+    await _step(_book(request).set_membership(user), ledger.Scope("user", user))
     return web.Response(status=204)
 
 
@@ -259,7 +305,7 @@ async def list_grants(request: web.Request) -> web.Response:
     await _existing(book, scope)
     # The ledger answers every grant at once (a scope holds at most 100 active ones,
     # and the spent ones); pages are cut here, in the ledger's stable order.
-    grants = (await _step(book.grants(scope)))[start : start + limit]
+    grants = (await _step(book.grants(scope), scope))[start : start + limit]
     following = str(start + limit) if len(grants) == limit else None
     return _json({"items": [bodies.grant_json(g) for g in grants], "next_cursor": following})
 
@@ -270,7 +316,7 @@ async def add_grant(request: web.Request) -> web.Response:
     a retry, 409 when the id was used for other terms."""
     book, scope = _book(request), _scope(request)
     body = await _body(request, bodies.GrantBody)
-    created, stored = await _step(book.grant(scope, body.grant()))
+    created, stored = await _step(book.grant(scope, body.grant()), scope)
     if not created and not _same_terms(body, stored):
         raise ApiError(409, "grant_id_reused", f"grant {body.id!r} exists with other terms", "id")
     return _json({"created": created, "grant": bodies.grant_json(stored)}, 201 if created else 200)
@@ -287,23 +333,19 @@ def _same_terms(body: bodies.GrantBody, stored: ledger.Grant) -> bool:
 
 @routes.post(_SCOPE + "/adjustments")
 async def adjust(request: web.Request) -> web.Response:
-    """Change credits by hand, once per id (a retry answers what was applied)."""
+    """Change credits by hand, once per id: 201 the first time, 200 with what was
+    applied for a retry, 409 when the id was used with another amount."""
     book, scope = _book(request), _scope(request)
     body = await _body(request, bodies.AdjustmentBody)
-    applied = await _step(book.adjust(scope, body.id, body.amount_nanousd, body.note))
-    if not _could_apply(body.amount_nanousd, applied):
+    done = await _step(book.adjust(scope, body.id, body.amount_nanousd, body.note), scope)
+    # None: a debit stored before asked amounts were kept; its retry cannot be told
+    # from a reuse, and is answered as a retry.
+    if not done.created and done.amount_nanousd not in (None, body.amount_nanousd):
         raise ApiError(
             409, "adjustment_id_reused", f"adjustment {body.id!r} exists with another amount", "id"
         )
-    return _json({"id": body.id, "applied_nanousd": applied})
-
-
-def _could_apply(asked: int, applied: int) -> bool:
-    """Whether ``applied`` can be this request's own answer: a credit is applied whole,
-    a debit takes between nothing and what was asked. Anything else is the answer of
-    an earlier adjustment with this id and another amount (the ledger answers the
-    stored one without saying so; a reused id whose amount fits goes unnoticed)."""
-    return applied == asked if asked > 0 else asked <= applied <= 0
+    answer = {"id": body.id, "created": done.created, "applied_nanousd": done.applied_nanousd}
+    return _json(answer, 201 if done.created else 200)
 
 
 @routes.get(_SCOPE + "/history")
@@ -313,6 +355,6 @@ async def history(request: web.Request) -> web.Response:
     start = _int_query(request, "cursor", 0, 0, 2**40)
     limit = _int_query(request, "limit", 100, 1, MAX_PAGE)
     await _existing(book, scope)
-    entries = await _step(book.history(scope, start, limit))
+    entries = await _step(book.history(scope, start, limit), scope)
     following = str(start + len(entries)) if len(entries) == limit else None
     return _json({"items": [bodies.entry_json(e) for e in entries], "next_cursor": following})

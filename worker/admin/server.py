@@ -63,7 +63,7 @@ def create_app(
     """The admin API over ``book``, for callers that carry ``token``."""
     if len(token) < MIN_TOKEN_CHARS:
         raise ConfigError(f"BW_ADMIN_TOKEN: must be at least {MIN_TOKEN_CHARS} characters")
-    store = IdempotencyStore(book.conn, idempotency_ttl_s)
+    store = IdempotencyStore(book.idempotency_records(), idempotency_ttl_s)
     app = web.Application(
         client_max_size=max_body_bytes,
         middlewares=[errors, bearer_auth(token), idempotent_writes(store)],

@@ -9,9 +9,11 @@ nothing. The design, its invariant and its key layout are in ``docs/ledger.md``.
 
 - ``types``: what the ledger takes and answers;
 - ``connection``: the only module that imports redis, and translates its errors;
-- ``scopes``: limits, membership, credits, and where each user's keys live;
+- ``scopes``: limits, credits (``credits``), membership (``membership``), and where each
+  user's keys live;
 - ``runs``: per-run budgets (a cap shared by one run's jobs, held from its user's);
-- ``book``: the job steps, and :class:`Ledger`, which has them all.
+- ``book``: the job steps, and :class:`Ledger`, which has them all;
+- ``idempotency``: the admin API's records per ``Idempotency-Key``, in the same Redis.
 """
 
 from worker.ledger.book import Ledger
@@ -22,6 +24,7 @@ from worker.ledger.types import (
     MAX_RATE,
     MAX_TOKENS,
     PERIODS,
+    Adjustment,
     Budget,
     BudgetState,
     Busy,
@@ -29,6 +32,7 @@ from worker.ledger.types import (
     Finished,
     Grant,
     LeaseRef,
+    Membership,
     NoBudget,
     Page,
     Period,
@@ -47,6 +51,7 @@ __all__ = [
     "MAX_RATE",
     "MAX_TOKENS",
     "PERIODS",
+    "Adjustment",
     "Budget",
     "BudgetState",
     "Busy",
@@ -56,6 +61,7 @@ __all__ = [
     "JobsInFlight",
     "LeaseRef",
     "Ledger",
+    "Membership",
     "NoBudget",
     "Page",
     "Period",

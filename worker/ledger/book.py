@@ -21,6 +21,7 @@ from worker import keys
 from worker.errors import LedgerError
 from worker.ledger.connection import Connection, RedisClient, client_from_url, translate
 from worker.ledger.credits import CreditOps
+from worker.ledger.idempotency import IdempotencyRecords
 from worker.ledger.membership import MembershipOps
 from worker.ledger.runs import RunOps
 from worker.ledger.scopes import opt, snapshot, text, utf8
@@ -132,6 +133,10 @@ class Ledger(MembershipOps, CreditOps, RunOps):
 
     async def close(self) -> None:
         await self.conn.close()
+
+    def idempotency_records(self) -> IdempotencyRecords:
+        """The admin API's records of first answers, over this ledger's connection."""
+        return IdempotencyRecords(self.conn)
 
     async def ping(self) -> None:
         """Raise :class:`LedgerUnavailable` unless Redis answers."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from worker.errors import LimitReached, NoBudgetRecord
 from worker.ledger.scopes import (
     ScopeOps,
     as_scope,
@@ -14,6 +15,7 @@ from worker.ledger.scopes import (
 )
 from worker.ledger.types import (
     MAX_AMOUNT_NANOUSD,
+    Adjustment,
     Entry,
     Grant,
     Scope,
@@ -40,9 +42,13 @@ class CreditOps(ScopeOps):
         ]
         reply = await self.conn.run("grant", [slot.leases], args)
         if reply[0] == 3:
-            raise ValueError(f"{scope} has no budget record: set its budget first")
+            raise _no_record(scope)
         if reply[0] == 2:
-            raise ValueError(f"{scope} holds the most grants a scope may (100 active)")
+            raise LimitReached(
+                f"{scope} holds the most grants a scope may (100 active)",
+                kind=scope.kind,
+                name=scope.id,
+            )
         remaining, amount, priority, effective, expires = (int(v) for v in reply[1:6])
         stored = Grant(
             id=grant.id,
@@ -56,9 +62,10 @@ class CreditOps(ScopeOps):
 
     async def adjust(
         self, scope: Scope | str, adjustment_id: str, amount_nanousd: int, note: str = ""
-    ) -> int:
-        """Change a scope's credits by hand, once per id; what was applied (a negative
-        adjustment takes at most what the credits hold)."""
+    ) -> Adjustment:
+        """Change a scope's credits by hand, once per id: whether the id was new, and
+        what was applied (a negative adjustment takes at most what the credits hold).
+        An id used before changes nothing and answers the stored adjustment."""
         scope = as_scope(scope)
         check_id("adjustment id", adjustment_id)
         check_int("amount_nanousd", abs(amount_nanousd), 1, MAX_AMOUNT_NANOUSD)
@@ -66,8 +73,13 @@ class CreditOps(ScopeOps):
         args = [*self._args(slot, prefix), adjustment_id, str(amount_nanousd), utf8(note[:500])]
         reply = await self.conn.run("adjust", [slot.leases], args)
         if reply[0] == 3:
-            raise ValueError(f"{scope} has no budget record: set its budget first")
-        return int(reply[1])
+            raise _no_record(scope)
+        created, applied, asked = reply
+        return Adjustment(
+            created=created == 1,
+            applied_nanousd=int(applied),
+            amount_nanousd=int(asked) if asked else None,
+        )
 
     async def grants(self, scope: Scope | str) -> list[Grant]:
         """Every grant of the scope, as stored (spent ones included)."""
@@ -112,3 +124,9 @@ class CreditOps(ScopeOps):
                 )
             )
         return entries
+
+
+def _no_record(scope: Scope) -> NoBudgetRecord:
+    return NoBudgetRecord(
+        f"{scope} has no budget record: set its budget first", kind=scope.kind, name=scope.id
+    )

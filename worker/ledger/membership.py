@@ -7,17 +7,25 @@ from __future__ import annotations
 import json
 
 from worker import keys
-from worker.errors import BudgetWorkerError, LedgerError
+from worker.errors import BudgetWorkerError, LedgerError, ScopeConflict, UnknownScope
 from worker.ledger.scopes import (
     ScopeOps,
+    pairs,
     text,
     utf8,
 )
 from worker.ledger.types import (
     Budget,
+    Membership,
+    Page,
     Scope,
     check_id,
+    check_int,
 )
+
+MAX_HOPS = 8
+"""Tombstones followed at most by one read: a user moved more often than this between
+two reads of the directory is read again by the caller."""
 
 
 class JobsInFlight(BudgetWorkerError):
@@ -40,8 +48,11 @@ class MembershipOps(ScopeOps):
         await self.conn.command("HSETNX", keys.DIRECTORY, field, org_token)
         placed = await self._team_org(team_id)
         if placed != org_token:
-            raise ValueError(
-                f"team {team_id!r} belongs to another organisation; a team cannot move"
+            raise ScopeConflict(
+                f"team {team_id!r} belongs to another organisation than {org_id!r}; a team "
+                "cannot move",
+                kind="org",
+                name=org_id,
             )
         await self._index(Scope("org", org_id))
         await self._index(Scope("team", team_id))
@@ -59,7 +70,9 @@ class MembershipOps(ScopeOps):
         if team is not None:
             org_token = await self._team_org(team)
             if org_token is None:
-                raise ValueError(f"team {team!r} does not exist: create_team first")
+                raise UnknownScope(
+                    f"team {team!r} does not exist: create_team first", kind="team", name=team
+                )
             target = keys.org_slot(org_token)
         elif org is not None:
             await self._index(Scope("org", org))
@@ -75,6 +88,53 @@ class MembershipOps(ScopeOps):
         if not await self.conn.run("set_team", [target.leases], args):
             raise LedgerError(f"team {team!r} has no record in its organisation's slot")
         await self._place(user_id, target)
+
+    async def membership(self, user_id: str) -> Membership | None:
+        """The user's team and organisation, whether or not it has a budget; None when
+        the ledger holds no record of the user (no budget, membership or credits ever
+        set). Plain reads: a stale directory entry is followed to where the user went."""
+        check_id("user_id", user_id)
+        slot = await self.slot_of(user_id)
+        for _ in range(MAX_HOPS):
+            label, raw_id, team, moved_to = await self.conn.command(
+                "HMGET", slot.user(user_id) + "budget", "label", "user_id", "team", "moved_to"
+            )
+            if not moved_to:
+                break
+            slot = keys.Slot(text(moved_to))
+            self._remember(keys.encode_id(user_id), slot)
+        else:
+            raise LedgerError(f"user {user_id!r} kept moving while its membership was read")
+        if label is None and raw_id is None and team is None:
+            return None
+        org = await self._org_name(slot) if slot.is_org else None
+        return Membership(team=await self._name("team", team or b""), org=org)
+
+    async def members(self, scope: Scope, cursor: str | None = None, count: int = 100) -> Page:
+        """One page of the users in a team, or directly in an organisation (in no team),
+        sorted within the page; ``cursor`` as :meth:`list_scopes`. Raises
+        :class:`UnknownScope` for a team never created or an organisation never named.
+        Members who joined before the index existed appear once their membership is
+        set again."""
+        check_int("count", count, 1, 1000)
+        if scope.kind == "team":
+            slot, prefix = await self._locate(scope)
+        elif scope.kind == "org":
+            token = keys.encode_id(scope.id)
+            if not await self.conn.command("HEXISTS", keys.ORGS_INDEX, token):
+                raise UnknownScope(
+                    f"organisation {scope.id!r} is not known", kind="org", name=scope.id
+                )
+            slot = keys.org_slot(token)
+            prefix = slot.org
+        else:
+            raise ValueError(f"only a team or an organisation has members, not a {scope.kind}")
+        following, flat = await self.conn.command(
+            "HSCAN", keys.members(prefix), cursor or "0", "COUNT", str(count)
+        )
+        names = sorted(text(name) for _, name in pairs(flat))
+        after = text(following) if isinstance(following, bytes) else str(following)
+        return Page(items=names, cursor=None if after == "0" else after)
 
     async def _place(self, user_id: str, slot: keys.Slot) -> None:
         token = keys.encode_id(user_id)

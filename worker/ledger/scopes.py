@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from worker import keys
-from worker.errors import LedgerError, LedgerUnavailable
+from worker.errors import LedgerError, LedgerUnavailable, UnknownScope
 from worker.ledger.connection import Connection
 from worker.ledger.types import (
     PERIODS,
@@ -158,9 +158,11 @@ class ScopeOps:
         if scope.kind == "team":
             org = await self._team_org(scope.id)
             if org is None:
-                raise ValueError(
+                raise UnknownScope(
                     f"team {scope.id!r} belongs to no organisation: create it first "
-                    "(create_team, or `budget-worker budget team TEAM --org ORG`)"
+                    "(create_team, or `budget-worker budget team TEAM --org ORG`)",
+                    kind="team",
+                    name=scope.id,
                 )
             slot = keys.org_slot(org)
             return slot, slot.team(scope.id)
@@ -252,7 +254,7 @@ class ScopeOps:
         scope = as_scope(scope)
         try:
             slot, prefix = await self._locate(scope)
-        except ValueError:
+        except UnknownScope:
             return None
         reply = await self.conn.run("state", [slot.leases], self._args(slot, prefix))
         if reply[0] == 0 or reply[15]:  # none, or a tombstone of a user that moved

@@ -200,6 +200,28 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
+class Adjustment:
+    """What one adjustment id did. ``created`` is False when the id was used before
+    (nothing changed now): ``applied_nanousd`` and ``amount_nanousd`` are then the
+    stored adjustment's, so a caller tells its own retry from a reused id by the
+    amount. ``amount_nanousd`` is what was asked (a debit may apply less); None only for
+    a debit stored before asked amounts were kept."""
+
+    created: bool
+    applied_nanousd: int
+    amount_nanousd: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """Where a user belongs: its team and organisation (None: none). A user directly in
+    an organisation has an org and no team."""
+
+    team: str | None
+    org: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Reserved:
     """The job holds a reservation. ``existing`` when it already held it before this
     call; ``holder`` then tells the caller's own retry from another worker's hold."""

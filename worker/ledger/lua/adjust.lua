@@ -6,9 +6,12 @@
 --   ARGV[4]  adjustment id (free text without spaces; the idempotency key)
 --   ARGV[5]  amount_nanousd, a signed decimal string, not 0
 --   ARGV[6]  a note (kept in the entry)
--- Returns {1, applied} for a new adjustment (a negative one takes what the credits
--- hold, at most), {0, applied} when the id exists (nothing changed), {3} when the
--- scope has no record.
+-- Returns {1, applied, amount} for a new adjustment (a negative one takes what the
+-- credits hold, at most), {0, applied, amount} when the id exists (nothing changed:
+-- the stored adjustment's applied and asked amounts, so the caller can tell a retry
+-- from a reused id), {3} when the scope has no record. Amounts are decimal strings;
+-- the asked amount is '' for a debit stored before asked amounts were kept.
+-- 'adjusted' maps each id to "<applied> <asked>" (older entries: "<applied>").
 -- A positive adjustment is credit that never expires and draws last; a negative one
 -- is taken from the grants in their drawing order. Either appends 'adjust' entries.
 
@@ -21,7 +24,12 @@ if not read_budget(p) then
 end
 local done = redis.call('HGET', p .. 'adjusted', id)
 if done then
-  return {0, done}
+  local parts = split(done)
+  local asked = parts[2]
+  if not asked then -- stored before asked amounts were kept: a credit applies whole
+    asked = (tonumber(parts[1]) > 0) and parts[1] or ''
+  end
+  return {0, parts[1], asked}
 end
 local amount = tonumber(ARGV[5])
 local applied
@@ -43,5 +51,5 @@ else
   end
   applied = '-' .. istr(taken)
 end
-redis.call('HSET', p .. 'adjusted', id, applied)
-return {1, applied}
+redis.call('HSET', p .. 'adjusted', id, applied .. ' ' .. ARGV[5])
+return {1, applied, ARGV[5]}

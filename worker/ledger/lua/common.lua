@@ -590,4 +590,38 @@ local function keep_first_outcome(outcome_key, outcome, ttl_ms)
   return redis.call('SET', outcome_key, outcome, 'NX', 'GET', 'PX', ttl_ms) or outcome
 end
 
+-- Membership indexes of an organisation's slot, so that listing a team's members reads
+-- one hash instead of every user: SLOT..'t:'..T..':members' (a team's members) and
+-- SLOT..'org:members' (users directly in the organisation, in no team), each a hash of
+-- encoded user id -> raw user id. Written in the same step as the user's 'team' field
+-- (set_team, move_in, move_done), so an index never disagrees with a record. A user in
+-- a slot of its own (its prefix is the slot's) is in no index.
+local function members_key(team)
+  if team and team ~= '' then
+    return SLOT .. 't:' .. team .. ':members'
+  end
+  return SLOT .. 'org:members'
+end
+
+local function member_token(user_p)
+  if user_p == SLOT then
+    return nil
+  end
+  return string.sub(user_p, #SLOT + 3, -2) -- user_p is SLOT..'u:'..U..':'
+end
+
+local function unindex_member(user_p, team)
+  local token = member_token(user_p)
+  if token then
+    redis.call('HDEL', members_key(team), token)
+  end
+end
+
+local function index_member(user_p, team, user_id)
+  local token = member_token(user_p)
+  if token and user_id and user_id ~= '' then
+    redis.call('HSET', members_key(team), token, user_id)
+  end
+end
+
 -- ---- end of common.lua; the script body follows ----

@@ -5,13 +5,14 @@
 -- ARGV[1..2] as in common.lua, then:
 --   ARGV[3]  the user's scope prefix in this slot
 --   ARGV[4]  where it moved: the new slot's tag ('o:<token>' or 'u:<token>')
--- Returns 1. Idempotent. The tombstone (a budget hash holding only 'moved_to') is kept
+-- Takes the user out of this slot's membership indexes. Returns 1. Idempotent. The tombstone (a budget hash holding only 'moved_to') is kept
 -- as long as job records are (keep_ms): a reserve that reaches it is sent on.
 
 local p = ARGV[3]
 local now = now_ms()
 reclaim(now)
 
+unindex_member(p, redis.call('HGET', p .. 'budget', 'team'))
 local models = split(redis.call('HGET', p .. 'budget', 'models'))
 for _, token in ipairs(models) do
   local mp = p .. 'm:' .. token .. ':'

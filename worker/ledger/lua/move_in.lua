@@ -8,6 +8,7 @@
 --   ARGV[6]  the old slot's tag: for keep_ms, a reserve of a job this slot has no
 --            record of asks the caller to look there first (it may have ended there)
 -- Returns 1.
+-- Indexes the user among its team's members (or the organisation's direct ones).
 -- Idempotent: a move repeated after a crash writes the same state again. The user's
 -- limits, current-period spend, per-model limits, credits and their history move; past
 -- periods' spend stays behind and expires there.
@@ -36,6 +37,7 @@ end
 
 write_scope(p, data)
 redis.call('HSET', p .. 'budget', 'team', team)
+index_member(p, team, data.budget.user_id)
 redis.call('HDEL', p .. 'budget', 'moved_to', 'moving_until')
 redis.call('HSET', p .. 'budget', 'moved_from', ARGV[6], 'moved_at', istr(now))
 write_map(p .. 'grants', data.grants)

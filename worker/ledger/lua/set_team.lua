@@ -7,6 +7,7 @@
 --   ARGV[4]  the raw user id
 --   ARGV[5]  the team's encoded id, or '' for no team
 -- Returns 1 when done, 0 when the team has no record in this slot.
+-- Moves the user between the slot's membership indexes (common.lua) in the same step.
 -- Idempotent. Jobs in flight keep the path they were reserved against: they settle
 -- into the scopes they were made against, whatever the membership is now.
 
@@ -21,5 +22,7 @@ local key = user_p .. 'budget'
 if redis.call('HEXISTS', key, 'label') == 0 then
   redis.call('HSET', key, 'label', 'user:' .. ARGV[4], 'user_id', ARGV[4], 'indexed', '1')
 end
+unindex_member(user_p, redis.call('HGET', key, 'team'))
 redis.call('HSET', key, 'team', team)
+index_member(user_p, team, ARGV[4])
 return 1
