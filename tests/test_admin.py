@@ -391,6 +391,38 @@ async def test_membership_answers_for_a_user_without_a_budget(
     assert (status, error_of(data)) == (404, ("unknown_scope", "path.name"))
 
 
+async def test_a_run_is_shown_and_closed_and_its_hold_flows_back(
+    api: TestClient[Any, Any], book: ledger.Ledger
+) -> None:
+    await book.set_budget("alice", ledger.Budget(10**9, "daily"))
+    reply = await book.reserve(
+        "alice",
+        "run-job-1",
+        cost_nanousd=100,
+        tokens=0,
+        lease_ms=60_000,
+        holder="w1",
+        run=ledger.RunRequest(id="task-1", cap_nanousd=5000),
+    )
+    assert isinstance(reply, ledger.Reserved)
+    status, data = await call(api, "GET", "/v1/scopes/users/alice/runs/task-1")
+    assert status == 200
+    assert (data["state"], data["hold_nanousd"], data["live_jobs"]) == ("open", 5000, 1)
+    assert data["scope"] == "run:alice/task-1"
+    status, data = await call(api, "POST", "/v1/scopes/users/alice/runs/task-1/close")
+    assert status == 200
+    # Closed with one job in flight: only its estimate stays held.
+    assert (data["state"], data["hold_nanousd"]) == ("closed", 100)
+    state = await book.state("alice")
+    assert state is not None and state.snapshot.reserved_nanousd == 100
+    status, again = await call(api, "POST", "/v1/scopes/users/alice/runs/task-1/close")
+    assert (status, again) == (200, data)
+    status, data = await call(api, "GET", "/v1/scopes/users/alice/runs/nope")
+    assert (status, error_of(data)) == (404, ("unknown_run", "path.run"))
+    status, data = await call(api, "GET", "/v1/scopes/users/alice/runs/bad%20id")
+    assert (status, error_of(data)) == (422, ("invalid", "path.run"))
+
+
 async def test_team_members_page_through_every_member_once(
     api: TestClient[Any, Any], book: ledger.Ledger
 ) -> None:

@@ -4,34 +4,19 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from worker import ledger
 from worker.budget_args import AsJson, RedisUrl, UserArg, fail, ledger_call
-from worker.budget_view import format_usd
+from worker.budget_view import format_usd, run_json
 from worker.timestamps import rfc3339
 
 runs = typer.Typer()
 """The commands of this module; ``worker.budget_cli`` adds them to its own."""
 
 RunArg = Annotated[str, typer.Argument(metavar="RUN", help="The run id, as the jobs name it.")]
-
-
-def run_json(state: ledger.RunState) -> dict[str, Any]:
-    """A run as ``--json`` prints it (and the admin API answers it)."""
-    return {
-        "run_id": state.run_id,
-        "scope": state.label,
-        "state": state.state,
-        "cap_nanousd": state.cap_nanousd,
-        "spent_nanousd": state.spent_nanousd,
-        "reserved_nanousd": state.reserved_nanousd,
-        "hold_nanousd": state.hold_nanousd,
-        "expires_at": rfc3339(state.expires_ms),
-        "live_jobs": state.live_jobs,
-    }
 
 
 def _print(state: ledger.RunState, as_json: bool) -> None:

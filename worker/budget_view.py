@@ -121,3 +121,18 @@ def history_table(scope: ledger.Scope, entries: list[ledger.Entry]) -> Table:
             Text(e.note),
         )
     return table
+
+
+def run_json(state: ledger.RunState) -> dict[str, Any]:
+    """A run as ``--json`` prints it (and the admin API answers it)."""
+    return {
+        "run_id": state.run_id,
+        "scope": state.label,
+        "state": state.state,
+        "cap_nanousd": state.cap_nanousd,
+        "spent_nanousd": state.spent_nanousd,
+        "reserved_nanousd": state.reserved_nanousd,
+        "hold_nanousd": state.hold_nanousd,
+        "expires_at": rfc3339(state.expires_ms),
+        "live_jobs": state.live_jobs,
+    }

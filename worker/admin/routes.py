@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from worker import ledger
 from worker.admin import bodies
 from worker.admin.problems import JSON, ApiError, invalid, refused
+from worker.budget_view import run_json
 from worker.errors import LedgerRefusal, UnknownScope
 
 T = TypeVar("T")
@@ -292,6 +293,39 @@ async def leave(request: web.Request) -> web.Response:
     user = _name(request)
     await _step(_book(request).set_membership(user), ledger.Scope("user", user))
     return web.Response(status=204)
+
+
+# --- runs -------------------------------------------------------------------------------
+
+_RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def _run_id(request: web.Request) -> str:
+    run_id = request.match_info["run"]
+    if not _RUN_ID.fullmatch(run_id):
+        raise ApiError(422, "invalid", "must be 1-128 characters of [A-Za-z0-9._:-]", "path.run")
+    return run_id
+
+
+@routes.get(f"/v1/scopes/users/{_NAME}/runs/{{run:[^/]+}}")
+async def show_run(request: web.Request) -> web.Response:
+    """A run of the user: its cap, spend, hold and state (404 when it has no such run)."""
+    return await _run_step(request, "show")
+
+
+@routes.post(f"/v1/scopes/users/{_NAME}/runs/{{run:[^/]+}}/close")
+async def close_run(request: web.Request) -> web.Response:
+    """Close a run (idempotent): no new jobs; its unused hold flows back."""
+    return await _run_step(request, "close")
+
+
+async def _run_step(request: web.Request, op: str) -> web.Response:
+    book, user, run_id = _book(request), _name(request), _run_id(request)
+    step = book.close_run if op == "close" else book.run_state
+    state = await _step(step(user, run_id), ledger.Scope("user", user))
+    if state is None:
+        raise ApiError(404, "unknown_run", f"user {user!r} has no run {run_id!r}", "path.run")
+    return _json(run_json(state))
 
 
 # --- credits ----------------------------------------------------------------------------
