@@ -13,6 +13,7 @@ from worker import logs
 from worker.budget_cli import app as budget_app
 from worker.dev.commands import demo_command, dev_command, fake_provider_command
 from worker.errors import ConfigError, KafkaUnavailable, LedgerUnavailable
+from worker.reconcile_cli import reconcile_command
 from worker.settings import load_settings
 from worker.submit_cli import submit
 from worker.topics_cli import app as topics_app
@@ -97,6 +98,7 @@ app.command("dev")(dev_command)
 app.command("demo")(demo_command)
 app.command("fake-provider")(fake_provider_command)
 app.command("submit")(submit)
+app.command("reconcile")(reconcile_command)
 
 
 app.add_typer(
