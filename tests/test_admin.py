@@ -221,7 +221,7 @@ async def test_put_budget_then_show_the_scope(
     body = {"limit_nanousd": 200_000, "period": "daily", "rpm": 60}
     status, data = await call(api, "PUT", "/v1/scopes/users/alice/budget", body)
     assert status == 200
-    assert data["budget"] == {**body, "window_s": None, "tpm": None}
+    assert data["budget"] == {**body, "window_s": None, "tpm": None, "rollover_cap_nanousd": None}
     assert await book.get_budget("alice") == ledger.Budget(200_000, "daily", rpm=60)
     status, data = await call(api, "GET", "/v1/scopes/users/alice")
     assert status == 200
@@ -389,6 +389,21 @@ async def test_membership_answers_for_a_user_without_a_budget(
     assert (status, data) == (200, {"user": "bob", "team": None, "org": "acme"})
     status, data = await call(api, "GET", "/v1/scopes/users/nobody/membership")
     assert (status, error_of(data)) == (404, ("unknown_scope", "path.name"))
+
+
+async def test_rollover_is_set_kept_by_a_patch_and_refused_without_a_period(
+    api: TestClient[Any, Any],
+) -> None:
+    path = "/v1/scopes/users/rolly/budget"
+    body = {"limit_nanousd": 1000, "period": "daily", "rollover_cap_nanousd": 300}
+    status, data = await call(api, "PUT", path, body)
+    assert (status, data["budget"]["rollover_cap_nanousd"]) == (200, 300)
+    status, data = await call(api, "PATCH", path, {"rpm": 5})
+    assert (status, data["budget"]["rollover_cap_nanousd"]) == (200, 300)
+    status, data = await call(api, "GET", "/v1/scopes/users/rolly")
+    assert (status, data["carried_nanousd"]) == (200, 0)
+    status, data = await call(api, "PATCH", path, {"period": "none"})
+    assert (status, error_of(data)) == (422, ("invalid", "rollover_cap_nanousd"))
 
 
 async def test_a_run_is_shown_and_closed_and_its_hold_flows_back(

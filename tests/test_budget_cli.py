@@ -238,6 +238,8 @@ def test_show_json_prints_one_object_with_nano_usd_fields(cli: Any, redis_url: s
         "tpm": 1000,
         "credits_nanousd": 0,
         "drawn_nanousd": 0,
+        "rollover_cap_nanousd": None,
+        "carried_nanousd": 0,
         "team": None,
         "org": None,
     }
@@ -544,3 +546,18 @@ def test_run_shows_and_closes_a_run_and_the_hold_flows_back(cli: Any, redis_url:
     missing = cli("run", "runner", "nope")
     assert missing.exit_code == 1
     assert "user 'runner' has no run 'nope'" in missing.output
+
+
+
+def test_set_rollover_is_kept_by_later_changes_and_shown(cli: Any) -> None:
+    result = cli("set", "rolly", "--limit-usd", "1", "--rollover-cap-usd", "0.5")
+    assert result.exit_code == 0, result.output
+    assert cli("set", "rolly", "--rpm", "60").exit_code == 0  # keeps the rollover
+    shown = json.loads(cli("show", "rolly", "--json").stdout)
+    assert (shown["rollover_cap_nanousd"], shown["rpm"]) == (500_000_000, 60)
+    assert "carried in" in cli("show", "rolly").output
+    assert cli("set", "rolly", "--no-rollover").exit_code == 0
+    assert json.loads(cli("show", "rolly", "--json").stdout)["rollover_cap_nanousd"] is None
+    refused = cli("set", "rolly", "--period", "none", "--rollover-cap-usd", "1")
+    assert refused.exit_code == 2
+    assert "rollover needs a USD limit" in plain(refused.output)

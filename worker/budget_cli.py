@@ -127,14 +127,16 @@ def merge_budget(
     no_rpm: bool = False,
     no_tpm: bool = False,
     no_limit: bool = False,
+    rollover_cap_nanousd: int | None = None,
+    no_rollover: bool = False,
 ) -> ledger.Budget:
     """The budget ``budget set`` writes: ``current`` with only what was given changed.
 
     A new budget (``current`` is None) needs a limit and takes the defaults: period
     daily, no rate limits. An existing one keeps every limit not named; ``no_rpm`` /
     ``no_tpm`` remove a rate limit. A rolling window is kept while the period stays
-    rolling and dropped when it changes. Raises ``typer.BadParameter`` naming the
-    option."""
+    rolling and dropped when it changes; rollover is kept unless ``no_rollover``.
+    Raises ``typer.BadParameter`` naming the option."""
     _refuse_contradictions(period, window_s, rpm, tpm, no_rpm=no_rpm, no_tpm=no_tpm)
     if limit_nanousd is not None and no_limit:
         raise typer.BadParameter("cannot be given with --no-limit", param_hint="'--limit-usd'")
@@ -156,15 +158,26 @@ def merge_budget(
             raise typer.BadParameter(
                 "must be given with --period rolling", param_hint="'--window-s'"
             )
-    return ledger.Budget(
-        limit_nanousd=None
-        if no_limit
-        else (current.limit_nanousd if limit_nanousd is None else limit_nanousd),
-        period=new_period,
-        window_s=window_s,
-        rpm=None if no_rpm else (current.rpm if rpm is None else rpm),
-        tpm=None if no_tpm else (current.tpm if tpm is None else tpm),
-    )
+    try:
+        return ledger.Budget(
+            limit_nanousd=_kept(current.limit_nanousd, limit_nanousd, no_limit),
+            period=new_period,
+            window_s=window_s,
+            rpm=_kept(current.rpm, rpm, no_rpm),
+            tpm=_kept(current.tpm, tpm, no_tpm),
+            rollover_cap_nanousd=_kept(
+                current.rollover_cap_nanousd, rollover_cap_nanousd, no_rollover
+            ),
+        )
+    except ValueError as exc:  # rollover without a USD limit or a period
+        raise typer.BadParameter(str(exc), param_hint="'--rollover-cap-usd'") from None
+
+
+def _kept(current: int | None, given: int | None, remove: bool) -> int | None:
+    """A limit as ``set`` leaves it: removed, changed to what was given, or kept."""
+    if remove:
+        return None
+    return current if given is None else given
 
 
 @app.command("set")
@@ -235,6 +248,19 @@ def set_budget(
             show_default=False,
         ),
     ] = None,
+    rollover_cap_usd: Annotated[
+        int | None,
+        typer.Option(
+            "--rollover-cap-usd",
+            parser=parse_usd,
+            metavar="USD",
+            help="Carry a period's unused allowance into the next one, at most this much.",
+            show_default=False,
+        ),
+    ] = None,
+    no_rollover: Annotated[
+        bool, typer.Option("--no-rollover", help="Carry nothing into the next period.")
+    ] = False,
     as_user: AsUser = False,
     redis_url: RedisUrl = None,
 ) -> None:
@@ -266,6 +292,8 @@ def set_budget(
             no_rpm=no_rpm,
             no_tpm=no_tpm,
             no_limit=no_limit,
+            rollover_cap_nanousd=rollover_cap_usd,
+            no_rollover=no_rollover,
         )
         try:
             if model is not None:

@@ -42,6 +42,8 @@ def state_json(state: ledger.BudgetState) -> dict[str, Any]:
         "tpm": budget.tpm,
         "credits_nanousd": state.credits_nanousd,
         "drawn_nanousd": state.drawn_nanousd,
+        "rollover_cap_nanousd": budget.rollover_cap_nanousd,
+        "carried_nanousd": state.carried_nanousd,
         "team": state.team,
         "org": state.org,
     }
@@ -72,6 +74,7 @@ def state_table(state: ledger.BudgetState) -> Table:
     table.add_column("value")
     rows = [
         ("limit", format_limit(budget.limit_nanousd)),
+        ("carried in", _carried(state)),
         ("spent", format_usd(snapshot.spent_nanousd)),
         ("reserved", format_usd(snapshot.reserved_nanousd)),
         ("remaining", format_usd(snapshot.remaining_nanousd)),
@@ -89,6 +92,14 @@ def state_table(state: ledger.BudgetState) -> Table:
     for model, spent in sorted(state.model_spend_nanousd.items()):
         table.add_row(Text(f"spent on {model}"), format_usd(spent))
     return table
+
+
+def _carried(state: ledger.BudgetState) -> str:
+    """Rollover: what this period carried in, beside the cap on it."""
+    cap = state.budget.rollover_cap_nanousd
+    if cap is None:
+        return "- (no rollover)"
+    return f"{format_usd(state.carried_nanousd)} (at most {format_usd(cap)})"
 
 
 def history_json(scope: ledger.Scope, entries: list[ledger.Entry]) -> dict[str, Any]:

@@ -46,6 +46,18 @@ class BudgetBody(_Body):
     )
     rpm: Rate | None = None
     tpm: Rate | None = None
+    rollover_cap_nanousd: (
+        Annotated[int, Field(ge=1, le=ledger.MAX_AMOUNT_NANOUSD, strict=True)] | None
+    ) = None
+
+    @field_validator("rollover_cap_nanousd")
+    @classmethod
+    def _rollover_needs_a_period(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and (
+            info.data.get("limit_nanousd") is None or info.data.get("period") == "none"
+        ):
+            raise ValueError("needs a limit_nanousd and a period other than none")
+        return value
 
     @field_validator("window_s")
     @classmethod
@@ -64,6 +76,7 @@ class BudgetBody(_Body):
             window_s=self.window_s,
             rpm=self.rpm,
             tpm=self.tpm,
+            rollover_cap_nanousd=self.rollover_cap_nanousd,
         )
 
 
@@ -123,6 +136,7 @@ def budget_json(budget: ledger.Budget) -> dict[str, Any]:
         "window_s": budget.window_s,
         "rpm": budget.rpm,
         "tpm": budget.tpm,
+        "rollover_cap_nanousd": budget.rollover_cap_nanousd,
     }
 
 
@@ -137,6 +151,7 @@ def state_json(state: ledger.BudgetState) -> dict[str, Any]:
         "remaining_nanousd": snapshot.remaining_nanousd,
         "drawn_nanousd": state.drawn_nanousd,
         "credits_nanousd": state.credits_nanousd,
+        "carried_nanousd": state.carried_nanousd,
         "period_id": state.period_id,
         "period_end": rfc3339(snapshot.period_end_ms),
         "model_spend_nanousd": dict(sorted(state.model_spend_nanousd.items())),

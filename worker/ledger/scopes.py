@@ -80,7 +80,7 @@ def pairs(reply: Any) -> list[tuple[bytes, bytes]]:
 
 
 def _budget(fields: list[Any]) -> Budget:
-    limit, period, window_s, _start, rpm, tpm = fields
+    limit, period, window_s, _start, rpm, tpm, rollover = fields
     name = text(period) if period else "none"
     if name not in PERIODS:
         raise LedgerError(f"stored budget has an unknown period {name!r}")
@@ -90,6 +90,7 @@ def _budget(fields: list[Any]) -> Budget:
         window_s=_opt_int(window_s),
         rpm=_opt_int(rpm),
         tpm=_opt_int(tpm),
+        rollover_cap_nanousd=_opt_int(rollover),
     )
 
 
@@ -225,6 +226,7 @@ class ScopeOps:
             opt(budget.tpm),
             parent,
             model_token,
+            opt(budget.rollover_cap_nanousd),
         ]
         await self.conn.run("set_budget", [slot.leases], args)
 
@@ -265,9 +267,10 @@ class ScopeOps:
             grants = await self.conn.command("HLEN", prefix + "grants")
             if not grants:
                 return None
-        models = reply[16:]
-        budget = _budget([limit, period, window_s, start, rpm, tpm])
-        room = (budget.limit_nanousd or 0) - (int(spent) - int(drawn)) + int(credits)
+        rollover, carried = reply[16:18]
+        models = reply[18:]
+        budget = _budget([limit, period, window_s, start, rpm, tpm, rollover])
+        room = (budget.limit_nanousd or 0) + int(carried) - (int(spent) - int(drawn)) + int(credits)
         return BudgetState(
             scope=scope,
             budget=budget,
@@ -277,6 +280,7 @@ class ScopeOps:
                 text(models[i]): int(models[i + 1]) for i in range(0, len(models), 2)
             },
             drawn_nanousd=int(drawn),
+            carried_nanousd=int(carried),
             credits_nanousd=int(credits),
             team=await self._name("team", team),
             org=await self._org_name(slot) if slot.is_org else None,

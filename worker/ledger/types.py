@@ -71,6 +71,9 @@ class Budget:
     window_s: int | None = None
     rpm: int | None = None
     tpm: int | None = None
+    rollover_cap_nanousd: int | None = None
+    """Unused allowance of a period carried into the next one, at most this much
+    (``None``: none carries). Needs a USD limit and a period other than ``none``."""
 
     def __post_init__(self) -> None:
         if self.limit_nanousd is not None:
@@ -87,6 +90,10 @@ class Budget:
             check_int("rpm", self.rpm, 1, MAX_RATE)
         if self.tpm is not None:
             check_int("tpm", self.tpm, 1, MAX_RATE)
+        if self.rollover_cap_nanousd is not None:
+            check_int("rollover_cap_nanousd", self.rollover_cap_nanousd, 1, MAX_AMOUNT_NANOUSD)
+            if self.limit_nanousd is None or self.period == "none":
+                raise ValueError("rollover needs a USD limit and a period other than none")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +118,8 @@ class BudgetState:
     model_spend_nanousd: dict[str, int]
     drawn_nanousd: int = 0
     """Of ``spent``, what was charged to credits rather than the period allowance."""
+    carried_nanousd: int = 0
+    """Allowance carried from the previous period (rollover), on top of the limit."""
     credits_nanousd: int = 0
     """Credits usable now: the grants' remaining amounts."""
     team: str | None = None

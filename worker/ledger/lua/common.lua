@@ -87,8 +87,8 @@ local function civil_from_days(z)
   return y, m, d
 end
 
--- The period containing instant `now` (ms): its id (part of the spend key) and its
--- end (ms, exclusive; -1 for "none"). Calendar periods are UTC; weekly is the ISO
+-- The period containing instant `now` (ms): its id (part of the spend key), its end
+-- (ms, exclusive; -1 for "none") and its start (ms). Calendar periods are UTC; weekly is the ISO
 -- week (Monday 00:00) named by its ISO year; rolling windows count from start_ms.
 local function period_of(kind, now, start_ms, window_s)
   if kind == 'none' or not kind or kind == '' then
@@ -98,23 +98,25 @@ local function period_of(kind, now, start_ms, window_s)
     local w = window_s * 1000
     local k = math.floor((now - start_ms) / w)
     local s = start_ms + k * w
-    return 'r' .. istr(s) .. '+' .. istr(window_s), s + w
+    return 'r' .. istr(s) .. '+' .. istr(window_s), s + w, s
   end
   local z = math.floor(now / DAY_MS)
   local y, m, d = civil_from_days(z)
   if kind == 'daily' then
-    return string.format('%04d-%02d-%02d', y, m, d), (z + 1) * DAY_MS
+    return string.format('%04d-%02d-%02d', y, m, d), (z + 1) * DAY_MS, z * DAY_MS
   elseif kind == 'weekly' then
     local monday = z - (z + 3) % 7 -- 1970-01-01 was a Thursday
     local iso_year = civil_from_days(monday + 3) -- the week's Thursday names its year
     local week = math.floor((monday + 3 - days_from_civil(iso_year, 1, 1)) / 7) + 1
-    return string.format('%04d-W%02d', iso_year, week), (monday + 7) * DAY_MS
+    return string.format('%04d-W%02d', iso_year, week), (monday + 7) * DAY_MS, monday * DAY_MS
   elseif kind == 'monthly' then
     local ny, nm = y, m + 1
     if nm == 13 then ny, nm = y + 1, 1 end
-    return string.format('%04d-%02d', y, m), days_from_civil(ny, nm, 1) * DAY_MS
+    return string.format('%04d-%02d', y, m), days_from_civil(ny, nm, 1) * DAY_MS,
+      days_from_civil(y, m, 1) * DAY_MS
   elseif kind == 'yearly' then
-    return string.format('%04d', y), days_from_civil(y + 1, 1, 1) * DAY_MS
+    return string.format('%04d', y), days_from_civil(y + 1, 1, 1) * DAY_MS,
+      days_from_civil(y, 1, 1) * DAY_MS
   end
   error('unknown budget period ' .. tostring(kind))
 end
@@ -124,7 +126,7 @@ end
 local function read_budget(p)
   local b = redis.call('HMGET', p .. 'budget', 'limit_nanousd', 'period', 'window_s',
     'start_ms', 'rpm', 'tpm', 'indexed', 'label', 'team', 'moved_to', 'moving_until', 'user_id',
-    'moved_from', 'moved_at')
+    'moved_from', 'moved_at', 'rollover', 'rollover_since')
   if not (b[1] or b[2] or b[5] or b[6] or b[8] or b[9] or b[10] or b[12]) then
     return nil
   end
@@ -136,6 +138,7 @@ local function read_budget(p)
     needs_index = (b[7] == '0') and 1 or 0,
     label = b[8] or (b[12] and ('user:' .. b[12])) or '', team = b[9], moved_to = b[10],
     moving_until = tonumber(b[11]), moved_from = b[13], moved_at = tonumber(b[14]),
+    rollover = tonumber(b[15]), rollover_since = tonumber(b[16]),
   }
 end
 
@@ -152,6 +155,48 @@ end
 local function read_spend(spend_key)
   local s = redis.call('HMGET', spend_key, 'spent', 'reserved', 'drawn')
   return s[1] or '0', s[2] or '0', s[3] or '0'
+end
+
+-- ---- rollover: unused allowance carried into the next period, up to a cap ---------
+-- A period's carry is fixed when the period is first touched (field 'carried' of its
+-- spend hash): what the previous period left of its own allowance (limit plus its
+-- carry, less what the allowance paid), at most the scope's rollover cap. A previous
+-- period with no spend hash left all of its limit unused, if the scope had rollover
+-- for the whole of it (rollover_since) and its hash would still be kept (keep_ms);
+-- otherwise nothing carries. Carry is allowance: it is used before credits.
+
+local function carried_in(p, period_id)
+  return tonumber(redis.call('HGET', p .. 'spend:' .. period_id, 'carried') or '0')
+end
+
+local function carry_into(b, now)
+  if not b or not b.rollover or not b.limit or not b.period or b.period == 'none'
+      or b.period == '' then
+    return 0
+  end
+  local period_id, period_end, start = budget_period(b, now)
+  local key = b.p .. 'spend:' .. period_id
+  local fixed = redis.call('HGET', key, 'carried')
+  if fixed then
+    return tonumber(fixed)
+  end
+  local prev_id, prev_end, prev_start = period_of(b.period, start - 1, b.start_ms, b.window_s)
+  local unused = 0
+  if b.rollover_since and b.rollover_since <= prev_start then
+    local prev = redis.call('HMGET', b.p .. 'spend:' .. prev_id, 'spent', 'drawn', 'carried')
+    if prev[1] or prev[3] then
+      unused = b.limit + (tonumber(prev[3]) or 0) - ((tonumber(prev[1]) or 0) - (tonumber(prev[2]) or 0))
+    elseif now < prev_end + KEEP_MS then
+      unused = b.limit
+    end
+  end
+  local carry = math.max(0, math.min(unused, b.rollover))
+  local existed = redis.call('EXISTS', key) == 1
+  redis.call('HSET', key, 'carried', istr(carry))
+  if not existed then
+    redis.call('PEXPIREAT', key, istr(period_end + KEEP_MS))
+  end
+  return carry
 end
 
 -- The scopes a job of the user at prefix `user_p` answers to, in order: the user, its
@@ -428,13 +473,13 @@ end
 -- How much more scope `b` may take in its period now: its period allowance not yet
 -- used (limit - (spent - drawn)) plus its usable credits, minus what is reserved; nil
 -- when the scope caps no money (no USD limit and no credits).
-local function usd_room(b, spent, reserved, drawn, credits)
+local function usd_room(b, spent, reserved, drawn, credits, carried)
   if not b.limit and credits == 0 then
     if redis.call('HLEN', b.p .. 'grants') == 0 then
       return nil
     end
   end
-  return (b.limit or 0) - (spent - drawn) + credits - reserved
+  return (b.limit or 0) + (carried or 0) - (spent - drawn) + credits - reserved
 end
 
 -- What a snapshot of scope `b` reports as remaining: the room left (never below 0), or
@@ -445,7 +490,8 @@ local function remaining_of(b, spent_s, reserved_s, p, period_id, now)
   end
   local _, _, drawn_s = read_spend(p .. 'spend:' .. period_id)
   local credits = credits_of(live_grants(p, now))
-  local room = usd_room(b, tonumber(spent_s), tonumber(reserved_s), tonumber(drawn_s), credits)
+  local room = usd_room(b, tonumber(spent_s), tonumber(reserved_s), tonumber(drawn_s), credits,
+    carried_in(p, period_id))
   if not room or room < 0 then
     return '0'
   end
@@ -472,9 +518,10 @@ local function charge(p, b, period_id, period_end, cost_s, reserved_s, model, en
   end
   local grants = live_grants(p, now)
   local drawn = tonumber(drawn_s)
+  local carried = carried_in(p, period_id)
   if #grants > 0 then
     local cost = tonumber(cost_s)
-    local allowance = (b.limit or 0) - (tonumber(spent_s) - drawn)
+    local allowance = (b.limit or 0) + carried - (tonumber(spent_s) - drawn)
     if allowance < 0 then allowance = 0 end
     local from_credits = cost - math.min(cost, allowance)
     if from_credits > 0 then
@@ -485,7 +532,7 @@ local function charge(p, b, period_id, period_end, cost_s, reserved_s, model, en
     end
   end
   local credits = credits_of(grants)
-  local room = usd_room(b, spent, tonumber(reserved_s), drawn, credits)
+  local room = usd_room(b, spent, tonumber(reserved_s), drawn, credits, carried)
   if not room or room < 0 then
     return spent, '0'
   end

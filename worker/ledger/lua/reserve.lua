@@ -157,7 +157,8 @@ local function remaining_in(s, reserved)
   if not s.room then
     return '0'
   end
-  local room = (s.b.limit or 0) - (tonumber(s.spent_s) - s.drawn) + s.credits - reserved
+  local room = (s.b.limit or 0) + s.carried - (tonumber(s.spent_s) - s.drawn) + s.credits
+    - reserved
   if room < 0 then
     return '0'
   end
@@ -167,7 +168,8 @@ end
 local scopes, limits = {}, {}
 for i = 1, #path do
   local b = budgets[i]
-  local s = {p = path[i], b = b, period = '', period_end = -1, spent_s = '0', reserved_s = '0'}
+  local s = {p = path[i], b = b, period = '', period_end = -1, spent_s = '0', reserved_s = '0',
+    carried = 0}
   if b then
     s.period, s.period_end = budget_period(b, now)
     s.spend_key = path[i] .. 'spend:' .. s.period
@@ -175,13 +177,15 @@ for i = 1, #path do
     s.spent_s, s.reserved_s, drawn_s = read_spend(s.spend_key)
     local credits = credits_of(live_grants(path[i], now))
     s.drawn, s.credits = tonumber(drawn_s), credits
-    local room = usd_room(b, tonumber(s.spent_s), tonumber(s.reserved_s), s.drawn, credits)
+    s.carried = carry_into(b, now)
+    local room = usd_room(b, tonumber(s.spent_s), tonumber(s.reserved_s), s.drawn, credits,
+      s.carried)
     s.room, s.held = room, held[i]
     if room and (new_run or not held[i]) then
       -- cap: the most this scope could ever allow in this period; amount: what it is
       -- asked to hold (a new run's cap, in every scope the run is carved from)
       limits[#limits + 1] = {scope = s, name = 'usd', kind = 'spend', room = room,
-        cap = (b.limit or 0) + credits, amount = held[i] and tonumber(cap_s) or cost}
+        cap = (b.limit or 0) + s.carried + credits, amount = held[i] and tonumber(cap_s) or cost}
     end
     if b.rpm then
       limits[#limits + 1] = {scope = s, name = 'rpm', kind = 'rate', key = path[i] .. 'rpm',

@@ -12,6 +12,8 @@
 --   ARGV[11] for a user's limit on a model: the user's prefix, else ''
 --   ARGV[12] ... and the model's encoded id (listed in the user's 'models', so that a
 --            move takes it along)
+--   ARGV[13] the rollover cap (nano-USD of unused allowance carried into the next
+--            period), or '' for no rollover
 -- Returns 1 when the scope was created, 0 when an existing one was changed.
 -- Idempotent: setting the same limits twice is one change. Spend is kept: it lives in
 -- the period's spend hash, which this script does not touch; membership (team) and
@@ -24,7 +26,7 @@ local now = now_ms()
 reclaim(now)
 
 local key = p .. 'budget'
-local old = redis.call('HMGET', key, 'period', 'start_ms', 'label')
+local old = redis.call('HMGET', key, 'period', 'start_ms', 'label', 'rollover')
 local start_ms = ''
 if ARGV[7] == 'rolling' then
   if old[1] == 'rolling' and old[2] and old[2] ~= '' then
@@ -37,6 +39,15 @@ redis.call('HSET', key, 'label', ARGV[4], 'period', ARGV[7], 'window_s', ARGV[8]
   'start_ms', start_ms, 'rpm', ARGV[9], 'tpm', ARGV[10], 'indexed', '1')
 if ARGV[5] ~= '' then
   redis.call('HSET', key, 'user_id', ARGV[5])
+end
+if ARGV[13] == '' then
+  redis.call('HDEL', key, 'rollover', 'rollover_since')
+else
+  -- Carry counts from the first period the scope had rollover for all of.
+  if not old[4] then
+    redis.call('HSET', key, 'rollover_since', istr(now))
+  end
+  redis.call('HSET', key, 'rollover', ARGV[13])
 end
 if ARGV[6] == '' then
   redis.call('HDEL', key, 'limit_nanousd')
