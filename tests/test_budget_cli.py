@@ -548,7 +548,6 @@ def test_run_shows_and_closes_a_run_and_the_hold_flows_back(cli: Any, redis_url:
     assert "user 'runner' has no run 'nope'" in missing.output
 
 
-
 def test_set_rollover_is_kept_by_later_changes_and_shown(cli: Any) -> None:
     result = cli("set", "rolly", "--limit-usd", "1", "--rollover-cap-usd", "0.5")
     assert result.exit_code == 0, result.output
