@@ -27,7 +27,8 @@ def _print(state: ledger.RunState, as_json: bool) -> None:
         f"{state.label}: {state.state}, spent {format_usd(state.spent_nanousd)} of "
         f"{format_usd(state.cap_nanousd)}, reserved {format_usd(state.reserved_nanousd)}, "
         f"holding {format_usd(state.hold_nanousd)} of its user's budget, "
-        f"{state.live_jobs} job(s) in flight, open until {rfc3339(state.expires_ms)}"
+        f"{state.live_jobs} job(s) in flight"
+        + (f", open until {rfc3339(state.expires_ms)}" if state.state == "open" else "")
     )
 
 
