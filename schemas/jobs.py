@@ -409,6 +409,15 @@ class CompletionJob(_Inbound):
         le=3600,
         description="How long the job may wait on a rate limit before it is rejected.",
     )
+    on_budget_exceeded: Literal["reject", "wait"] = Field(
+        default="reject",
+        description=(
+            "What a job the budget cannot hold now gets: reject (a completion.rejected "
+            "budget_exceeded at once) or wait (parked until the budget can hold it: a "
+            "period reset, a grant, reservations freed; bounded by deadline and the "
+            "worker's BW_PARK_MAX_WAIT_S)."
+        ),
+    )
     reply_to: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9._-]{1,249}$",

@@ -39,7 +39,7 @@ from schemas.jobs import CompletionJob, InvalidJob, JobLimits, UndecodableJob, p
 from worker import outcome, tracing
 from worker.connections import kafka_options
 from worker.gate import LedgerGate
-from worker.job import JobPath, Outcome
+from worker.job import JobPath, Outcome, Parked
 from worker.metrics import Metrics
 from worker.offsets import OffsetTracker
 from worker.publisher import EventTooLarge, Publisher
@@ -122,8 +122,12 @@ class JobConsumer:
         publisher: Publisher,
         gate: LedgerGate,
         metrics: Metrics,
+        park: Callable[[bytes, Parked], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
+        self.park = park
+        """Where a job that waits for budget goes (``worker.parking``); without it such a
+        job is answered its refusal at once."""
         self.jobs = jobs
         self.publisher = publisher
         self.gate = gate
@@ -183,6 +187,14 @@ class JobConsumer:
     def stop(self) -> None:
         self._stopping.set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def stopped(self) -> None:
+        """Return once ``stop()`` was called."""
+        await self._stopping.wait()
+
     # --- fetching -------------------------------------------------------------------
 
     async def _wait_until_ready(self) -> bool:
@@ -236,7 +248,14 @@ class JobConsumer:
                 return
             tracing.annotate(job_id=job.job_id, model=job.model)
             answer = await self.jobs.run(job, idle=self.slots.lent)
-            await self._publish(answer, record.headers)
+            if isinstance(answer, Parked):
+                if self.park is not None:
+                    # Parked: the record is done (its offset may be committed); the park
+                    # answers the job later, holding no slot meanwhile.
+                    await self.park(record.value or b"", answer)
+                    return
+                answer = await self.jobs.decline(answer, idle=self.slots.lent)
+            await self.publish(answer, record.headers)
 
     async def _decode(self, record: Record) -> CompletionJob | None:
         """A valid job, or None once the record's outcome (DLQ or rejection) is out."""
@@ -266,12 +285,12 @@ class JobConsumer:
             rejection = self.jobs.outcomes.rejected(
                 exc.job_id, exc.user_id, exc.model, exc.metadata, "invalid_job", str(exc)
             )
-            await self._publish(Outcome(rejection), record.headers)
+            await self.publish(Outcome(rejection), record.headers)
             self.metrics.jobs.labels("rejected", "invalid_job").inc()
             log.info("job rejected", extra={"job_id": exc.job_id, "reason": "invalid_job"})
         return None
 
-    async def _publish(
+    async def publish(
         self, answer: Outcome, job_headers: Sequence[tuple[str, bytes]] | None
     ) -> None:
         """Publish until the broker takes it. A reply_to topic that keeps failing

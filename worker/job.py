@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from schemas.events import (
@@ -27,6 +28,7 @@ from schemas.events import (
     RejectReason,
     TerminalEvent,
     encode_event,
+    parse_event,
 )
 from schemas.jobs import CompletionJob, JobRun
 from worker import ledger, outcome, tracing
@@ -64,6 +66,31 @@ class Outcome:
     reply_to: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """How long a job may still wait for budget (``on_budget_exceeded: wait``)."""
+
+    until_ms: int
+    """When the wait runs out (Unix ms): the job's deadline or ``BW_PARK_MAX_WAIT_S``."""
+    refusal: bytes = b""
+    """A parked job's refusal at its latest check: its answer when its deadline passes
+    while it waits (a job past its deadline is not run, so it is not checked again)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """The budget cannot hold the job now, and the job may wait: no event yet. The
+    caller parks it (nothing is recorded in the ledger: the job has no outcome)."""
+
+    job: CompletionJob
+    refusal: CompletionRejected
+    """Its answer if the wait runs out now."""
+    retry_after_s: float | None
+    """When its refusing limit resets, if it does."""
+    until_ms: int
+    """When its wait runs out (Unix ms)."""
+
+
 class JobPath:
     """Runs decoded jobs; shared by all of a process's concurrent job tasks."""
 
@@ -77,11 +104,20 @@ class JobPath:
         self.outcomes = Outcomes(settings.worker_id)
         self.reply_to = re.compile(settings.reply_to_pattern)
 
-    async def run(self, job: CompletionJob, *, idle: IdleHook | None = None) -> Outcome:
-        """The job's outcome. Raises only CancelledError: a defect answers the job with
-        ``internal_error`` rather than leave it unanswered."""
+    async def run(
+        self, job: CompletionJob, *, idle: IdleHook | None = None, wait: Wait | None = None
+    ) -> Outcome | Parked:
+        """The job's outcome, or :class:`Parked` when it waits for budget (a job with
+        ``on_budget_exceeded: wait``; ``wait`` for one resumed from the park). Raises
+        only CancelledError: a defect answers the job with ``internal_error`` rather
+        than leave it unanswered."""
+        if wait is None:
+            wait = self.wait_of(job)
         try:
-            event, facts = await self._decide(job, idle)
+            decided, facts = await self._decide(job, idle, wait)
+            if isinstance(decided, Parked):
+                return decided
+            event = decided
         except Exception as exc:
             log.exception("job failed unexpectedly", extra={"job_id": job.job_id})
             event = self.outcomes.failed(
@@ -97,11 +133,30 @@ class JobPath:
         self._count(job, event, facts)
         return Outcome(event, self._reply_to(job))
 
+    def wait_of(self, job: CompletionJob) -> Wait | None:
+        """A fresh job's wait for budget: none unless it asks to wait; else until its
+        deadline or ``BW_PARK_MAX_WAIT_S`` from now, whichever comes first."""
+        if job.on_budget_exceeded != "wait":
+            return None
+        until_ms = int((time.time() + self.settings.park_max_wait_s) * 1000)
+        if job.deadline is not None:
+            until_ms = min(until_ms, int(job.deadline.timestamp() * 1000))
+        return Wait(until_ms)
+
+    async def decline(self, parked: Parked, *, idle: IdleHook | None = None) -> Outcome:
+        """Answer a job that could wait with its refusal after all (no park to wait in)."""
+        event = await self._record(parked.job, parked.refusal, idle)
+        self._count(parked.job, event, {})
+        return Outcome(event, self._reply_to(parked.job))
+
     # --- the path ---------------------------------------------------------------------
 
     async def _decide(
-        self, job: CompletionJob, idle: IdleHook | None
-    ) -> tuple[TerminalEvent, dict[str, Any]]:
+        self, job: CompletionJob, idle: IdleHook | None, wait: Wait | None
+    ) -> tuple[TerminalEvent | Parked, dict[str, Any]]:
+        if wait is not None and wait.refusal and _past(job):
+            # Parked until its deadline: answered the refusal that kept it waiting.
+            return await self._record(job, self._rewound(wait.refusal), idle), {}
         refusal = self._check(job)
         if refusal is not None:
             reason, detail = refusal
@@ -133,7 +188,7 @@ class JobPath:
             return built.failure, {"model_ms": result.model_ms}
         if isinstance(result, Ended):
             return self._republished(job, result), {"republished": True}
-        return await self._refused(job, entry, result, idle), {}
+        return await self._refused(job, entry, result, idle, wait), {}
 
     def _check(self, job: CompletionJob) -> tuple[RejectReason, str] | None:
         """The checks that need no money: reply_to, model, deadline."""
@@ -141,7 +196,7 @@ class JobPath:
             return "invalid_job", "reply_to: topic is not allowed by the worker's reply_to pattern"
         if job.model not in self.models:
             return "unknown_model", self._unknown_model(job.model)
-        if job.deadline is not None and job.deadline <= datetime.now(UTC):
+        if _past(job):
             return "expired", "deadline: passed before the job started"
         return None
 
@@ -167,8 +222,13 @@ class JobPath:
         return outcome.stored(ended.outcome, ended.snapshot)
 
     async def _refused(
-        self, job: CompletionJob, entry: ModelEntry, refusal: Refusal, idle: IdleHook | None
-    ) -> TerminalEvent:
+        self,
+        job: CompletionJob,
+        entry: ModelEntry,
+        refusal: Refusal,
+        idle: IdleHook | None,
+        wait: Wait | None,
+    ) -> TerminalEvent | Parked:
         wanted, refused = refusal.estimate, refusal.refused
         if refusal.reason == "no_budget":
             detail = "user has no budget"
@@ -179,16 +239,18 @@ class JobPath:
         else:
             assert refused is not None
             detail = _budget_detail(wanted, refused, self.settings.admission_policy, job.run)
-        return await self._refuse(
-            job,
-            refusal.reason,
-            detail,
-            idle=idle,
-            retry_after_s=refusal.retry_after_s,
-            estimated_cost_nanousd=wanted.cost_nanousd,
-            budget=refused.snapshot if refused is not None else None,
-            refused=refused,
-        )
+            if wait is not None and not refused.run_closed:
+                detail += "; it waited for budget (on_budget_exceeded: wait) until its wait ran out"
+        fields: dict[str, Any] = {
+            "retry_after_s": refusal.retry_after_s,
+            "estimated_cost_nanousd": wanted.cost_nanousd,
+            "budget": refused.snapshot if refused is not None else None,
+            "refused": refused,
+        }
+        if wait is not None and _may_wait(refusal, wait):
+            rejection = self.outcomes.reject_job(job, refusal.reason, detail, **fields)
+            return Parked(job, rejection, refusal.retry_after_s, wait.until_ms)
+        return await self._refuse(job, refusal.reason, detail, idle=idle, **fields)
 
     async def _refuse(
         self,
@@ -202,7 +264,14 @@ class JobPath:
         """Record a refusal as the job's outcome and answer the job's first outcome (this
         refusal, or what an earlier delivery stored). While another delivery runs the
         job, wait for its outcome instead."""
-        refusal = self.outcomes.reject_job(job, reason, detail, **fields)
+        return await self._record(
+            job, self.outcomes.reject_job(job, reason, detail, **fields), idle
+        )
+
+    async def _record(
+        self, job: CompletionJob, refusal: CompletionRejected, idle: IdleHook | None
+    ) -> TerminalEvent:
+        """Store ``refusal`` as the job's outcome unless it has one; the first outcome."""
         encoded = encode_event(refusal)
         gate, book = self.spend.gate, self.spend.ledger
         while True:
@@ -215,6 +284,31 @@ class JobPath:
         return outcome.stored(answer.outcome or encoded, answer.snapshot)
 
     # --- small things -------------------------------------------------------------------
+
+    def _rewound(self, stored: bytes) -> CompletionRejected:
+        """A parked job's last refusal, as a new event of now: the same limit and
+        ``resets_at``, ``retry_after_s`` counted from now."""
+        event = parse_event(stored)
+        assert isinstance(event, CompletionRejected)
+        now = datetime.now(UTC)
+        retry = None
+        if event.resets_at is not None:
+            retry = max(0.0, (event.resets_at - now).total_seconds())
+        rebuilt = self.outcomes.rejected(
+            event.job_id, event.user_id, event.model, event.metadata, event.reason, event.detail
+        )
+        return rebuilt.model_copy(
+            update={
+                "retry_after_s": retry,
+                "estimated_cost_nanousd": event.estimated_cost_nanousd,
+                "budget": event.budget,
+                "scope": event.scope,
+                "limit": event.limit,
+                "retryable": event.retryable,
+                "remaining_nanousd": event.remaining_nanousd,
+                "resets_at": None if retry is None else now + timedelta(seconds=retry),
+            }
+        )
 
     def _unknown_model(self, model: str) -> str:
         names = self.models.names()
@@ -246,6 +340,18 @@ class JobPath:
         if reason:
             line["reason"] = reason
         log.info("job %s", kind, extra=line)
+
+
+def _past(job: CompletionJob) -> bool:
+    return job.deadline is not None and job.deadline <= datetime.now(UTC)
+
+
+def _may_wait(refusal: Refusal, wait: Wait) -> bool:
+    """Whether a refusal can end while the job waits: a budget that may yet hold it
+    (a period reset, a grant, freed reservations), never a closed run; and time left."""
+    if refusal.reason != "budget_exceeded" or refusal.refused is None:
+        return False
+    return not refusal.refused.run_closed and time.time() * 1000 < wait.until_ms
 
 
 def _facts(charge: Charge, model_ms: float, *, republished: bool) -> dict[str, Any]:

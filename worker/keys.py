@@ -170,3 +170,21 @@ def admin_idempotency(digest: str) -> str:
     ``digest`` is the hex hash of the key and the request's method and path, so a key
     of any length or alphabet is one safe name. A slot of its own: no script reads it."""
     return f"{PREFIX}:{{admin:idem:{digest}}}"
+
+
+PARK_SLOT = "{bw:park}"
+PARK_DUE = f"{PREFIX}:{PARK_SLOT}:due"
+"""Parked jobs (``on_budget_exceeded: wait``): member -> when to check it next (ms),
+or, while a worker holds its claim, when that claim lapses. A slot of its own: the
+park scripts touch only it, never a user's keys."""
+
+
+def park_member(user_id: str, job_id: str) -> str:
+    """A parked job's member in :data:`PARK_DUE`: the encoded user id and the job token
+    (job ids are unique per user in the ledger, so both make the key)."""
+    return f"{encode_id(user_id)}:{job_token(job_id)}"
+
+
+def park_entry(member: str) -> str:
+    """The hash of one parked job: its bytes, when its wait ends, its last refusal."""
+    return f"{PREFIX}:{PARK_SLOT}:job:{member}"

@@ -40,6 +40,7 @@ from worker.errors import ConfigError
 
 _FAST_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _CALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+_PARK_BUCKETS = (1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200)
 
 
 class _WithoutCreated:
@@ -71,6 +72,24 @@ class Metrics:
         self.in_flight = Gauge("bw_jobs_in_flight", "Jobs being processed now.", registry=r)
         self.waiting = Gauge(
             "bw_jobs_waiting_rate_limit", "Jobs waiting on an RPM/TPM limit.", registry=r
+        )
+        self.parked = Gauge(
+            "bw_jobs_parked",
+            "Jobs waiting for budget in the park (of every worker; sampled by this one).",
+            registry=r,
+        )
+        self.park_moves = Counter(
+            "bw_park_jobs",
+            "Jobs into and out of the park: parked, resumed (answered after waiting), "
+            "expired (rejected budget_exceeded: the wait ran out).",
+            ["event"],
+            registry=r,
+        )
+        self.park_wait_seconds = Histogram(
+            "bw_park_wait_seconds",
+            "How long jobs waited in the park, from parked to answered.",
+            buckets=_PARK_BUCKETS,
+            registry=r,
         )
         self.reserve_seconds = Histogram(
             "bw_reserve_seconds", "Ledger reserve round trip.", buckets=_FAST_BUCKETS, registry=r

@@ -1,5 +1,6 @@
 """One worker process, assembled: settings -> model list, ledger, provider, Kafka
-clients, health server -> consume until SIGTERM/SIGINT -> drain, commit, exit 0."""
+clients, health server -> consume (and resume parked jobs) until SIGTERM/SIGINT ->
+drain, commit, exit 0."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from worker.job import JobPath
 from worker.leases import LeaseKeeper
 from worker.metrics import HealthServer, Metrics
 from worker.models import ModelList, load_models
+from worker.parking import Parker
 from worker.pricebook import price_of
 from worker.provider import Provider
 from worker.publisher import KafkaPublisher
@@ -55,8 +57,14 @@ async def serve(
     leases = LeaseKeeper(ledger_, settings.lease_ms)
     spend = spend_path(settings, ledger_, Provider.from_settings(settings), leases, gate, metrics)
     publisher = KafkaPublisher(settings)
+    parker = Parker(settings, ledger_.park_list(), gate, metrics)
     consumer = JobConsumer(
-        settings, JobPath(settings, spend, models, metrics), publisher, gate, metrics
+        settings,
+        JobPath(settings, spend, models, metrics),
+        publisher,
+        gate,
+        metrics,
+        park=parker.park,
     )
     health = HealthServer(metrics, ready=lambda: consumer.started and gate.is_open)
     if stop is None:
@@ -78,9 +86,13 @@ async def serve(
             "metrics_port": health.port,
         },
     )
+    # Beside the consumer: resumes parked jobs (of any worker) within its in-flight cap.
+    resumer = asyncio.create_task(parker.run(consumer), name="parker")
     try:
         await consumer.run()
     finally:
+        consumer.stop()
+        await resumer
         if stop is not None:
             watcher.cancel()
         watcher_of_ledger.cancel()

@@ -132,6 +132,22 @@ class Settings(BaseSettings):
     rate_limit_max_wait_s: float = Field(
         default=30.0, ge=0, description="Upper bound on a job's max_wait_s."
     )
+    park_max_wait_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description=(
+            "How long a job with on_budget_exceeded: wait may stay parked (its deadline "
+            "may end the wait sooner) before it is rejected budget_exceeded."
+        ),
+    )
+    park_poll_max_s: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "Longest pause between two budget checks of a parked job (1 s, doubling): "
+            "how late a grant or freed reservations are noticed at worst."
+        ),
+    )
     drain_timeout_s: float = Field(default=10.0, ge=0, description="Rebalance drain bound.")
     shutdown_grace_s: float = Field(default=25.0, ge=0)
     outcome_ttl_s: int = Field(default=7 * 86_400, gt=0, description="Charge markers kept.")

@@ -13,12 +13,14 @@ nothing. The design, its invariant and its key layout are in ``docs/ledger.md``.
   user's keys live;
 - ``runs``: per-run budgets (a cap shared by one run's jobs, held from its user's);
 - ``book``: the job steps, and :class:`Ledger`, which has them all;
-- ``idempotency``: the admin API's records per ``Idempotency-Key``, in the same Redis.
+- ``idempotency``: the admin API's records per ``Idempotency-Key``, in the same Redis;
+- ``park``: jobs waiting for budget (``on_budget_exceeded: wait``), and their claims.
 """
 
 from worker.ledger.book import Ledger
 from worker.ledger.connection import RedisClient
 from worker.ledger.membership import JobsInFlight
+from worker.ledger.park import ParkedJob, ParkList
 from worker.ledger.types import (
     MAX_AMOUNT_NANOUSD,
     MAX_RATE,
@@ -64,6 +66,8 @@ __all__ = [
     "Membership",
     "NoBudget",
     "Page",
+    "ParkList",
+    "ParkedJob",
     "Period",
     "PeriodSnapshot",
     "RedisClient",

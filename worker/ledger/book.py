@@ -23,6 +23,7 @@ from worker.ledger.connection import Connection, RedisClient, client_from_url, t
 from worker.ledger.credits import CreditOps
 from worker.ledger.idempotency import IdempotencyRecords
 from worker.ledger.membership import MembershipOps
+from worker.ledger.park import ParkList
 from worker.ledger.runs import RunOps
 from worker.ledger.scopes import opt, snapshot, text, utf8
 from worker.ledger.types import (
@@ -137,6 +138,10 @@ class Ledger(MembershipOps, CreditOps, RunOps):
     def idempotency_records(self) -> IdempotencyRecords:
         """The admin API's records of first answers, over this ledger's connection."""
         return IdempotencyRecords(self.conn)
+
+    def park_list(self) -> ParkList:
+        """The jobs waiting for budget, over this ledger's connection."""
+        return ParkList(self.conn)
 
     async def ping(self) -> None:
         """Raise :class:`LedgerUnavailable` unless Redis answers."""

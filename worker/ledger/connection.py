@@ -68,8 +68,17 @@ def translate(exc: BaseException) -> LedgerUnavailable | LedgerError:
 
 CAUGHT = (redis_errors.RedisError, redis_errors.RedisClusterException, OSError)
 
-# Scripts that run without the prelude (they touch one or two keys and no lease).
-_STANDALONE = ("delete", "mark_indexed")
+# Scripts that run without the prelude (they touch one or two keys and no lease; the
+# park scripts touch only the park slot).
+_STANDALONE = (
+    "delete",
+    "mark_indexed",
+    "park",
+    "park_claim",
+    "park_again",
+    "park_done",
+    "park_extend",
+)
 _NAMES = (
     "reserve",
     "settle",
