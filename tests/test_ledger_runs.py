@@ -255,3 +255,32 @@ async def test_concurrent_jobs_of_one_run_never_exceed_its_cap(ledger: Ledger, i
     assert state is not None
     assert state.spent_nanousd == cap and state.reserved_nanousd == 0 and state.hold_nanousd == 0
     assert await money(ledger, user) == (cap, 0)
+
+
+async def test_closing_a_run_whose_hold_late_settles_ate_keeps_what_is_left(
+    ledger: Ledger, ids: str, clock: Clock
+) -> None:
+    """A late settle of a lapsed job takes from the hold, so the hold can end below what
+    the run's live jobs reserve; closing then gives nothing back, and the last settle
+    takes what is left and charges the rest (the documented late-settle overshoot)."""
+    user, run_id = f"{ids}-u", f"{ids}-r"
+    await ledger.set_budget(user, Budget(10 * USD, "daily"))
+    the_run = run(run_id, cap=1000)
+    assert isinstance(
+        await reserve(ledger, user, f"{ids}-a", 500, the_run, lease_ms=1000), Reserved
+    )
+    assert isinstance(await reserve(ledger, user, f"{ids}-b", 400, the_run), Reserved)
+    clock.now_ms += 2000  # a's lease lapses
+    await settle(ledger, user, f"{ids}-a", 900)  # late: hold 1000 -> 100
+    state = await ledger.close_run(user, run_id)
+    assert state is not None
+    assert (state.state, state.hold_nanousd, state.reserved_nanousd) == ("closed", 100, 400)
+    assert await money(ledger, user) == (900, 100)
+    await settle(ledger, user, f"{ids}-b", 400)
+    done = await ledger.run_state(user, run_id)
+    assert done is not None and (done.state, done.hold_nanousd, done.spent_nanousd) == (
+        "done",
+        0,
+        1300,
+    )
+    assert await money(ledger, user) == (1300, 0)
