@@ -69,7 +69,7 @@ def translate(exc: BaseException) -> LedgerUnavailable | LedgerError:
 CAUGHT = (redis_errors.RedisError, redis_errors.RedisClusterException, OSError)
 
 # Scripts that run without the prelude (they touch one or two keys and no lease).
-_STANDALONE = ("delete", "mark_indexed")
+_STANDALONE = ("delete", "mark_indexed", "outbox_mark", "outbox_forget")
 _NAMES = (
     "reserve",
     "settle",

@@ -79,7 +79,21 @@ def pairs(reply: Any) -> list[tuple[bytes, bytes]]:
     return [(reply[i], reply[i + 1]) for i in range(0, len(reply), 2)]
 
 
-def _budget(fields: list[Any]) -> Budget:
+def thresholds_arg(thresholds: tuple[int, ...] | None) -> str:
+    """set_budget.lua's ARGV[13]: '' for the default, else the percents, and '-' for
+    none at all."""
+    if thresholds is None:
+        return ""
+    return " ".join(str(pct) for pct in thresholds) or "-"
+
+
+def _thresholds(raw: bytes | None) -> tuple[int, ...] | None:
+    if not raw:
+        return None
+    return tuple(int(part) for part in text(raw).split() if part.isdigit())
+
+
+def _budget(fields: list[Any], thresholds: bytes | None = None) -> Budget:
     limit, period, window_s, _start, rpm, tpm = fields
     name = text(period) if period else "none"
     if name not in PERIODS:
@@ -90,6 +104,7 @@ def _budget(fields: list[Any]) -> Budget:
         window_s=_opt_int(window_s),
         rpm=_opt_int(rpm),
         tpm=_opt_int(tpm),
+        thresholds=_thresholds(thresholds),
     )
 
 
@@ -225,6 +240,7 @@ class ScopeOps:
             opt(budget.tpm),
             parent,
             model_token,
+            thresholds_arg(budget.thresholds),
         ]
         await self.conn.run("set_budget", [slot.leases], args)
 
@@ -265,8 +281,8 @@ class ScopeOps:
             grants = await self.conn.command("HLEN", prefix + "grants")
             if not grants:
                 return None
-        models = reply[16:]
-        budget = _budget([limit, period, window_s, start, rpm, tpm])
+        models = reply[17:]
+        budget = _budget([limit, period, window_s, start, rpm, tpm], reply[16])
         room = (budget.limit_nanousd or 0) - (int(spent) - int(drawn)) + int(credits)
         return BudgetState(
             scope=scope,
