@@ -13,9 +13,9 @@ the org (``bw:{o:O}:org:``), its teams (``bw:{o:O}:t:T:``) and users
 directory ``{bw:dir}`` (which org a user or team belongs to) and the indexes
 (``{bw:users}``, ``{bw:teams}``, ``{bw:orgs}``) have slots of their own and are never
 touched by a slot script; nor is the outbox index ``{bw:outbox}`` (slots whose outbox
-may hold threshold events, see ``worker/ledger/outbox.py``). A team's members and an organisation's direct members are indexed
-in the organisation's slot (``<team or org prefix>members``), by the scripts that change
-membership.
+may hold threshold events, see ``worker/ledger/outbox.py``). A team's members and an
+organisation's direct members are indexed in the organisation's slot (``<team or org
+prefix>members``), by the scripts that change membership.
 
 Two keys are completed inside Lua, because their last part is only known there:
 the spend key of a period (``spend_prefix`` + the period id computed from Redis's

@@ -8,6 +8,7 @@ what a scope holds (grants, history, reset) answer 404 for one that does not.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Awaitable
@@ -184,7 +185,11 @@ async def change_budget(request: web.Request) -> web.Response:
         body = bodies.BudgetBody.model_validate(merged)
     except ValidationError as exc:
         raise invalid(exc) from None
-    budget = body.budget()
+    # Spend thresholds are not in the API's bodies yet (set with `budget set
+    # --thresholds`): a patch keeps them.
+    budget = dataclasses.replace(
+        body.budget(), thresholds=None if current is None else current.thresholds
+    )
     await _step(book.set_budget(scope, budget), scope)
     return _json({"scope": bodies.scope_json(scope), "budget": bodies.budget_json(budget)})
 
