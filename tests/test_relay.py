@@ -6,6 +6,7 @@ died after the decision is published by another worker's sweep."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import time
 from collections.abc import AsyncIterator
@@ -165,3 +166,20 @@ def test_an_outbox_record_becomes_the_contracts_event() -> None:
     assert event["period_end"] is None and event["spent_nanousd"] == 950_000_000_000_000
     assert event["occurred_at"].startswith("2026-12-02T14:28:21.6")
     assert event["type"] == "budget.threshold_crossed" and event["event_id"] == "a" * 32
+
+
+def test_the_mailer_example_mails_the_owner_at_80_percent(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = Path(__file__).parent.parent / "docs" / "examples" / "threshold_mailer.py"
+    spec = importlib.util.spec_from_file_location("threshold_mailer", path)
+    assert spec is not None and spec.loader is not None
+    mailer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mailer)
+    example = path.parent.parent.parent / "schemas" / "examples" / "budget_threshold_crossed.json"
+    event = parse_budget_event(example.read_bytes())
+    mailer.notify(event)
+    mailer.notify(event.model_copy(update={"threshold_pct": 95}))
+    out = capsys.readouterr().out
+    assert out.count("to alice@example.com: user:alice has spent 80% of its budget") == 1
+    assert "95%" not in out
