@@ -121,8 +121,16 @@ class OutboxRelay:
         listed = await self.ledger.indexed_slots()
         self.metrics.outbox_backlog.set(len(listed))
         for indexed in listed:
-            if await self.drain(indexed.slot):
-                await self.ledger.forget_outbox(indexed)
+            try:
+                if await self.drain(indexed.slot):
+                    await self.ledger.forget_outbox(indexed)
+            except LedgerUnavailable:
+                raise
+            except Exception as exc:  # one slot's trouble must not starve the others
+                log.warning(
+                    "outbox not published",
+                    extra={"slot": indexed.slot.tag, "error": repr(exc)},
+                )
 
     async def stop(self) -> None:
         """Wait briefly for kicked drains (what they leave, a sweep publishes later)."""
