@@ -5,6 +5,12 @@ sends jobs or reads events can install it without the worker's dependencies.
 ``schemas/json/`` holds the same contract as JSON Schema for other languages.
 """
 
+from schemas.budget_events import (
+    BUDGET_EVENT_ADAPTER,
+    BudgetThresholdCrossed,
+    encode_budget_event,
+    parse_budget_event,
+)
 from schemas.events import (
     EVENT_ADAPTER,
     BudgetSnapshot,
@@ -41,10 +47,12 @@ from schemas.jobs import (
 from schemas.money import MAX_NANOUSD, NANOUSD_PER_USD, NanoUSD, nanousd_to_usd, usd_to_nanousd
 
 __all__ = [
+    "BUDGET_EVENT_ADAPTER",
     "EVENT_ADAPTER",
     "MAX_NANOUSD",
     "NANOUSD_PER_USD",
     "BudgetSnapshot",
+    "BudgetThresholdCrossed",
     "ChatMessage",
     "CompletionFailed",
     "CompletionJob",
@@ -70,8 +78,10 @@ __all__ = [
     "UnknownEventType",
     "Usage",
     "UserId",
+    "encode_budget_event",
     "encode_event",
     "nanousd_to_usd",
+    "parse_budget_event",
     "parse_event",
     "parse_job",
     "usd_to_nanousd",

@@ -2,7 +2,8 @@
 
 The document describes budget-worker as an application: it receives ``CompletionJob``
 messages on ``llm.jobs`` and sends one terminal event per job to ``llm.results`` (or the
-job's ``reply_to`` topic) and undecodable records to ``llm.jobs.dlq``. Its message
+job's ``reply_to`` topic), undecodable records to ``llm.jobs.dlq`` and budget events to
+``llm.budget-events``. Its message
 schemas are generated from the same pydantic models as ``schemas/json/`` (jobs in
 validation mode, events in serialization mode), moved under ``components/schemas``;
 its examples are the files in ``schemas/examples/``. The output is committed, so a
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from schemas.budget_events import BUDGET_EVENT_ADAPTER
 from schemas.events import EVENT_ADAPTER
 from schemas.jobs import CompletionJob
 
@@ -150,6 +152,21 @@ def document() -> dict[str, Any]:
                 "messages": {"deadLetter": {"$ref": "#/components/messages/DeadLetter"}},
                 "x-setting": "BW_DLQ_TOPIC",
             },
+            "budgetEvents": {
+                "address": "llm.budget-events",
+                "title": "Budget events",
+                "description": (
+                    "What happened to a budget, keyed by scope so one scope's events keep "
+                    "their order: budget.threshold_crossed once per scope, period and "
+                    "threshold, delivered at least once; copies share the event_id."
+                ),
+                "messages": {
+                    "budgetThresholdCrossed": {
+                        "$ref": "#/components/messages/BudgetThresholdCrossed"
+                    }
+                },
+                "x-setting": "BW_BUDGET_EVENTS_TOPIC",
+            },
         },
         "operations": {
             "receiveJobs": {
@@ -190,6 +207,13 @@ def document() -> dict[str, Any]:
                 "channel": {"$ref": "#/channels/deadLetters"},
                 "summary": "Undecodable records, each with the reason in its headers.",
                 "messages": [{"$ref": "#/channels/deadLetters/messages/deadLetter"}],
+            },
+            "sendBudgetEvents": {
+                "action": "send",
+                "channel": {"$ref": "#/channels/budgetEvents"},
+                "summary": "Each threshold crossing, decided in the ledger's settle step and "
+                "published from its outbox until acknowledged.",
+                "messages": [{"$ref": "#/channels/budgetEvents/messages/budgetThresholdCrossed"}],
             },
         },
         "components": {
@@ -260,6 +284,30 @@ def _messages() -> dict[str, Any]:
             "bindings": _kafka_key("The job_id, UTF-8."),
             "examples": [_example(example_file, message_id, summary)],
         }
+    messages["BudgetThresholdCrossed"] = {
+        "name": "BudgetThresholdCrossed",
+        "title": "Budget threshold crossed",
+        "summary": "A scope's spend in a period reached a percent of its USD limit.",
+        "description": (
+            "Thresholds are per scope (default 50, 80, 95 and 100). De-duplicate on "
+            "event_id: every copy of one crossing has the same. Consumers must ignore "
+            "fields they do not know. Each *_usd float is *_nanousd / 1e9, for display only."
+        ),
+        "contentType": "application/json",
+        "payload": {"$ref": "#/components/schemas/BudgetThresholdCrossed"},
+        "correlationId": {
+            "description": "Copies of one crossing share the event_id.",
+            "location": "$message.payload#/event_id",
+        },
+        "bindings": _kafka_key("The scope, e.g. user:alice, UTF-8."),
+        "examples": [
+            _example(
+                "budget_threshold_crossed.json",
+                "eighty-percent",
+                "alice's daily budget is 80% spent.",
+            )
+        ],
+    }
     messages["DeadLetter"] = {
         "name": "DeadLetter",
         "title": "Dead letter",
@@ -331,12 +379,14 @@ def component_schemas() -> dict[str, Any]:
         "One terminal event per job; the field 'type' tells which. Consumers must ignore "
         "fields they do not know: new optional fields may appear within schema_version 1."
     )
+    budget = BUDGET_EVENT_ADAPTER.json_schema(mode="serialization", ref_template=_REF)
     schemas: dict[str, Any] = {}
-    for source in (job, events):
+    for source in (job, events, budget):
         for name, schema in source.pop("$defs", {}).items():
             _add(schemas, name, schema)
     _add(schemas, "CompletionJob", job)
     _add(schemas, "TerminalEvent", events)
+    _add(schemas, "BudgetThresholdCrossed", budget)
     return {name: schemas[name] for name in sorted(schemas)}
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from schemas.budget_events import BUDGET_EVENT_ADAPTER
 from schemas.events import EVENT_ADAPTER
 from schemas.jobs import CompletionJob
 
@@ -41,6 +42,12 @@ def terminal_event_schema() -> dict[str, Any]:
     return _with_header(schema, "terminal_event", "TerminalEvent")
 
 
+def budget_event_schema() -> dict[str, Any]:
+    """What a consumer reads from the budget events topic (serialization view)."""
+    schema = BUDGET_EVENT_ADAPTER.json_schema(mode="serialization")
+    return _with_header(schema, "budget_event", "BudgetThresholdCrossed")
+
+
 def _with_header(schema: dict[str, Any], name: str, title: str) -> dict[str, Any]:
     return {
         "$schema": DIALECT,
@@ -53,6 +60,7 @@ def _with_header(schema: dict[str, Any], name: str, title: str) -> dict[str, Any
 SCHEMAS: Final[dict[str, Callable[[], dict[str, Any]]]] = {
     "completion_job.schema.json": completion_job_schema,
     "terminal_event.schema.json": terminal_event_schema,
+    "budget_event.schema.json": budget_event_schema,
 }
 
 

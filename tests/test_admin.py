@@ -221,7 +221,13 @@ async def test_put_budget_then_show_the_scope(
     body = {"limit_nanousd": 200_000, "period": "daily", "rpm": 60}
     status, data = await call(api, "PUT", "/v1/scopes/users/alice/budget", body)
     assert status == 200
-    assert data["budget"] == {**body, "window_s": None, "tpm": None, "rollover_cap_nanousd": None}
+    assert data["budget"] == {
+        **body,
+        "window_s": None,
+        "tpm": None,
+        "rollover_cap_nanousd": None,
+        "thresholds": None,
+    }
     assert await book.get_budget("alice") == ledger.Budget(200_000, "daily", rpm=60)
     status, data = await call(api, "GET", "/v1/scopes/users/alice")
     assert status == 200
@@ -404,6 +410,19 @@ async def test_rollover_is_set_kept_by_a_patch_and_refused_without_a_period(
     assert (status, data["carried_nanousd"]) == (200, 0)
     status, data = await call(api, "PATCH", path, {"period": "none"})
     assert (status, error_of(data)) == (422, ("invalid", "rollover_cap_nanousd"))
+
+
+async def test_thresholds_are_set_kept_by_a_patch_and_checked(
+    api: TestClient[Any, Any],
+) -> None:
+    path = "/v1/scopes/users/thresh/budget"
+    body = {"limit_nanousd": 1000, "period": "daily", "thresholds": [80, 100]}
+    status, data = await call(api, "PUT", path, body)
+    assert (status, data["budget"]["thresholds"]) == (200, [80, 100])
+    status, data = await call(api, "PATCH", path, {"rpm": 5})
+    assert (status, data["budget"]["thresholds"]) == (200, [80, 100])
+    status, data = await call(api, "PATCH", path, {"thresholds": [90, 50]})
+    assert (status, error_of(data)) == (422, ("invalid", "thresholds"))
 
 
 async def test_a_run_is_shown_and_closed_and_its_hold_flows_back(

@@ -235,7 +235,12 @@ async def test_no_secret_prompt_or_response_leaks_on_any_path(
     tmp_path: Path,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    topics = {"jobs": "leak.jobs", "results": "llm.results.leak", "dlq": "leak.dlq"}
+    topics = {
+        "jobs": "leak.jobs",
+        "results": "llm.results.leak",
+        "dlq": "leak.dlq",
+        "budget": "leak.budget",
+    }
     for name in topics.values():
         sasl_kafka.create_topic(name, partitions=2)
     redis_url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{secret_redis.port}/0"
@@ -250,6 +255,7 @@ async def test_no_secret_prompt_or_response_leaks_on_any_path(
         "BW_JOBS_TOPIC": topics["jobs"],
         "BW_RESULTS_TOPIC": topics["results"],
         "BW_DLQ_TOPIC": topics["dlq"],
+        "BW_BUDGET_EVENTS_TOPIC": topics["budget"],
         "BW_GROUP_ID": "leak-group",
         "BW_METRICS_PORT": str(free_port()),
         "BW_MODEL_TIMEOUT_S": "10",

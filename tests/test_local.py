@@ -111,6 +111,7 @@ async def test_dev_then_run_budget_and_submit_work_and_nothing_is_left_running(
             "BW_JOBS_TOPIC",
             "BW_RESULTS_TOPIC",
             "BW_DLQ_TOPIC",
+            "BW_BUDGET_EVENTS_TOPIC",
         }
         seen = descendants(dev.pid)
         assert any("tansu" in cmd for cmd in seen.values()), seen
@@ -216,6 +217,7 @@ def test_the_exports_are_quoted_for_a_shell_and_the_models_load(tmp_path: Path) 
         jobs_topic="llm.jobs",
         results_topic="llm.results",
         dlq_topic="llm.jobs.dlq",
+        budget_events_topic="llm.budget-events",
         fake_provider_url="http://127.0.0.1:9/v1",
     )
     lines = system.exports()

@@ -85,6 +85,7 @@ def test_it_is_asyncapi_3_with_the_default_topics_as_channel_addresses(
     assert addresses["jobs"] == defaults["jobs_topic"].default
     assert addresses["results"] == defaults["results_topic"].default
     assert addresses["deadLetters"] == defaults["dlq_topic"].default
+    assert addresses["budgetEvents"] == defaults["budget_events_topic"].default
     assert addresses["replies"] == "llm.results.{suffix}"
     assert set(doc["channels"]["replies"]["parameters"]) == {"suffix"}
 
@@ -103,6 +104,7 @@ def test_each_operation_sends_or_receives_only_its_channels_messages(
         "sendResults": "send",
         "sendReplies": "send",
         "sendDeadLetters": "send",
+        "sendBudgetEvents": "send",
     }
     for operation in doc["operations"].values():
         channel_ref = operation["channel"]["$ref"]
@@ -143,11 +145,19 @@ def test_no_schema_uses_openapis_discriminator_object(doc: dict[str, Any]) -> No
 
 def test_the_schemas_are_the_exported_json_schemas(doc: dict[str, Any]) -> None:
     components = doc["components"]["schemas"]
-    for file_name in ("completion_job.schema.json", "terminal_event.schema.json"):
+    for file_name in (
+        "completion_job.schema.json",
+        "terminal_event.schema.json",
+        "budget_event.schema.json",
+    ):
         text = (JSON_DIR / file_name).read_text(encoding="utf-8")
         exported = json.loads(text.replace('"#/$defs/', '"#/components/schemas/'))
-        for name, schema in exported.pop("$defs").items():
+        for name, schema in exported.pop("$defs", {}).items():
             assert components[name] == schema, name
+    budget = json.loads((JSON_DIR / "budget_event.schema.json").read_text(encoding="utf-8"))
+    for key in ("$schema", "$id"):
+        budget.pop(key)
+    assert components["BudgetThresholdCrossed"] == budget
     job = json.loads((JSON_DIR / "completion_job.schema.json").read_text(encoding="utf-8"))
     for key in ("$schema", "$id", "$defs"):
         job.pop(key)
@@ -167,7 +177,7 @@ def test_every_message_example_matches_its_payload_schema(doc: dict[str, Any]) -
         for example in message["examples"]:
             assert list(validator.iter_errors(example["payload"])) == [], name
         terminal = payload_validator(doc, "TerminalEvent")
-        if name != "CompletionJob":
+        if name not in ("CompletionJob", "BudgetThresholdCrossed"):
             for example in message["examples"]:
                 assert terminal.is_valid(example["payload"])
 

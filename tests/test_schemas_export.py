@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
+from schemas.budget_events import encode_budget_event, parse_budget_event
 from schemas.events import encode_event, parse_event
 from schemas.export import DIALECT, JSON_DIR, generated, main, stale_files
 from schemas.jobs import InvalidJob, JobError, parse_job
@@ -77,7 +78,9 @@ def test_schema_files_are_sorted_pretty_json_with_a_trailing_newline() -> None:
         )
 
 
-@pytest.mark.parametrize("name", ["completion_job.schema.json", "terminal_event.schema.json"])
+@pytest.mark.parametrize(
+    "name", ["completion_job.schema.json", "terminal_event.schema.json", "budget_event.schema.json"]
+)
 def test_schema_is_valid_draft_2020_12_with_id_and_title(name: str) -> None:
     schema = committed(name)
     Draft202012Validator.check_schema(schema)
@@ -162,3 +165,17 @@ def test_schemas_package_imports_only_pydantic_and_the_standard_library() -> Non
                 continue
             for name in names:
                 assert name.split(".")[0] in allowed, f"{module.name} imports {name}"
+
+
+def test_budget_event_schema_accepts_the_example_and_what_encode_writes() -> None:
+    validator = Draft202012Validator(committed("budget_event.schema.json"))
+    assert error_paths(validator, example("budget_threshold_crossed")) == set()
+    event = parse_budget_event((EXAMPLES / "budget_threshold_crossed.json").read_bytes())
+    assert error_paths(validator, json.loads(encode_budget_event(event))) == set()
+    assert event.threshold_pct == 80 and event.spent_usd == 0.0001665
+
+
+def test_budget_event_schema_refuses_a_threshold_out_of_range() -> None:
+    validator = Draft202012Validator(committed("budget_event.schema.json"))
+    broken = {**example("budget_threshold_crossed"), "threshold_pct": 101}
+    assert error_paths(validator, broken) == {"threshold_pct"}

@@ -276,7 +276,12 @@ async def test_a_worker_runs_jobs_through_a_broker_that_wants_sasl_ssl_and_a_cli
     fake_provider: Any,
     tmp_path: Path,
 ) -> None:
-    topics = {"jobs": "sec.jobs", "results": "llm.results.sec", "dlq": "sec.dlq"}
+    topics = {
+        "jobs": "sec.jobs",
+        "results": "llm.results.sec",
+        "dlq": "sec.dlq",
+        "budget": "sec.budget",
+    }
     for name in topics.values():
         secure_kafka.create_topic(name, partitions=2)
     ledger = Ledger.from_url(redis_url)
@@ -298,6 +303,7 @@ async def test_a_worker_runs_jobs_through_a_broker_that_wants_sasl_ssl_and_a_cli
         "BW_JOBS_TOPIC": topics["jobs"],
         "BW_RESULTS_TOPIC": topics["results"],
         "BW_DLQ_TOPIC": topics["dlq"],
+        "BW_BUDGET_EVENTS_TOPIC": topics["budget"],
         "BW_GROUP_ID": "sec-group",
         "BW_METRICS_PORT": "0",
         "BW_MODEL_TIMEOUT_S": "10",

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.timeout(90)
 def fresh_names() -> Names:
     """Topic names nobody has created yet."""
     suffix = uuid.uuid4().hex[:10]
-    return Names(f"jobs.{suffix}", f"llm.results.{suffix}", f"dlq.{suffix}")
+    return Names(f"jobs.{suffix}", f"llm.results.{suffix}", f"dlq.{suffix}", f"budget.{suffix}")
 
 
 def env_of(kafka: EmbeddedKafka, names: Names) -> dict[str, str]:
@@ -37,6 +37,7 @@ def env_of(kafka: EmbeddedKafka, names: Names) -> dict[str, str]:
         "BW_JOBS_TOPIC": names.jobs,
         "BW_RESULTS_TOPIC": names.results,
         "BW_DLQ_TOPIC": names.dlq,
+        "BW_BUDGET_EVENTS_TOPIC": names.budget_events,
     }
 
 
@@ -46,6 +47,7 @@ def settings_of(kafka: EmbeddedKafka, names: Names) -> Settings:
         jobs_topic=names.jobs,
         results_topic=names.results,
         dlq_topic=names.dlq,
+        budget_events_topic=names.budget_events,
     )
 
 
@@ -56,13 +58,13 @@ async def partitions_of(kafka: EmbeddedKafka, names: Names) -> dict[str, int]:
         await consumer.topics()
         return {
             name: len(consumer.partitions_for_topic(name) or ())
-            for name in (names.jobs, names.results, names.dlq)
+            for name in (names.jobs, names.results, names.dlq, names.budget_events)
         }
     finally:
         await consumer.stop()
 
 
-async def test_topics_create_makes_the_three_topics_once(kafka: EmbeddedKafka) -> None:
+async def test_topics_create_makes_the_four_topics_once(kafka: EmbeddedKafka) -> None:
     names = fresh_names()
     env = env_of(kafka, names)
     first = await asyncio.to_thread(
@@ -73,8 +75,15 @@ async def test_topics_create_makes_the_three_topics_once(kafka: EmbeddedKafka) -
         f"created '{names.jobs}' (BW_JOBS_TOPIC): 4 partitions, replication factor 1",
         f"created '{names.results}' (BW_RESULTS_TOPIC): 4 partitions, replication factor 1",
         f"created '{names.dlq}' (BW_DLQ_TOPIC): 1 partition, replication factor 1",
+        f"created '{names.budget_events}' (BW_BUDGET_EVENTS_TOPIC): 4 partitions, "
+        "replication factor 1",
     ]
-    assert await partitions_of(kafka, names) == {names.jobs: 4, names.results: 4, names.dlq: 1}
+    assert await partitions_of(kafka, names) == {
+        names.jobs: 4,
+        names.results: 4,
+        names.dlq: 1,
+        names.budget_events: 4,
+    }
 
     again = await asyncio.to_thread(
         CliRunner().invoke, app, ["topics", "create", "--partitions", "6"], env=env
@@ -88,7 +97,13 @@ async def test_topics_create_makes_the_three_topics_once(kafka: EmbeddedKafka) -
         == f"'{names.results}' (BW_RESULTS_TOPIC) exists: 4 partitions, replication factor 1"
     )
     assert lines[2] == f"'{names.dlq}' (BW_DLQ_TOPIC) exists: 1 partition, replication factor 1"
-    assert await partitions_of(kafka, names) == {names.jobs: 4, names.results: 4, names.dlq: 1}
+    assert lines[3].startswith(f"'{names.budget_events}' (BW_BUDGET_EVENTS_TOPIC) exists")
+    assert await partitions_of(kafka, names) == {
+        names.jobs: 4,
+        names.results: 4,
+        names.dlq: 1,
+        names.budget_events: 4,
+    }
 
 
 async def test_check_topics_names_each_missing_topic_and_the_command(
@@ -103,12 +118,18 @@ async def test_check_topics_names_each_missing_topic_and_the_command(
         (names.jobs, "BW_JOBS_TOPIC"),
         (names.results, "BW_RESULTS_TOPIC"),
         (names.dlq, "BW_DLQ_TOPIC"),
+        (names.budget_events, "BW_BUDGET_EVENTS_TOPIC"),
     ]:
         assert f"'{name}' ({setting})" in message
     assert "`budget-worker topics create`" in message
     assert f"Kafka at {kafka.bootstrap}" in message
     # The check itself must not create them (a broker may auto-create named topics).
-    assert await partitions_of(kafka, names) == {names.jobs: 0, names.results: 0, names.dlq: 0}
+    assert await partitions_of(kafka, names) == {
+        names.jobs: 0,
+        names.results: 0,
+        names.dlq: 0,
+        names.budget_events: 0,
+    }
 
     kafka.create_topic(names.jobs)
     kafka.create_topic(names.results)
@@ -122,6 +143,7 @@ async def test_check_topics_names_each_missing_topic_and_the_command(
         (names.jobs, False),
         (names.results, False),
         (names.dlq, True),
+        (names.budget_events, True),
     ]
     await check_topics(settings)
 

@@ -96,6 +96,22 @@ def _rate_parser(remove: str) -> Callable[[str], int]:
     return parse
 
 
+def parse_thresholds(text: str) -> tuple[int, ...]:
+    """``50,80,95,100`` (sorted, duplicates dropped), or ``none``; refuses anything
+    else naming the option."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        percents = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+        ledger.types.check_thresholds(percents)
+    except (TypeError, ValueError):
+        raise typer.BadParameter(
+            "must be percents from 1 to 100 separated by commas (at most 10), or none",
+            param_hint="'--thresholds'",
+        ) from None
+    return percents
+
+
 def _refuse_contradictions(
     period: ledger.Period | None,
     window_s: int | None,
@@ -129,6 +145,7 @@ def merge_budget(
     no_limit: bool = False,
     rollover_cap_nanousd: int | None = None,
     no_rollover: bool = False,
+    thresholds: tuple[int, ...] | None = None,
 ) -> ledger.Budget:
     """The budget ``budget set`` writes: ``current`` with only what was given changed.
 
@@ -168,6 +185,7 @@ def merge_budget(
             rollover_cap_nanousd=_kept(
                 current.rollover_cap_nanousd, rollover_cap_nanousd, no_rollover
             ),
+            thresholds=current.thresholds if thresholds is None else thresholds,
         )
     except ValueError as exc:  # rollover without a USD limit or a period
         raise typer.BadParameter(str(exc), param_hint="'--rollover-cap-usd'") from None
@@ -240,6 +258,18 @@ def set_budget(
         bool,
         typer.Option("--no-limit", help="No USD limit: rate limits or credits only."),
     ] = False,
+    thresholds: Annotated[
+        str | None,
+        typer.Option(
+            "--thresholds",
+            metavar="PCTS",
+            help=(
+                "Percents of the USD limit whose crossing is published once per period "
+                "(budget.threshold_crossed), e.g. 50,80,95,100 (the default); 'none' for none."
+            ),
+            show_default=False,
+        ),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -273,6 +303,7 @@ def set_budget(
     """
     scope = parse_scope(scope_text, as_user=as_user)
     period_: ledger.Period | None = None if period is None else period.value
+    percents = None if thresholds is None else parse_thresholds(thresholds)
     # Refused before Redis is reached: wrong whatever the current budget is.
     _refuse_contradictions(period_, window_s, rpm, tpm, no_rpm=no_rpm, no_tpm=no_tpm)
 
@@ -294,6 +325,7 @@ def set_budget(
             no_limit=no_limit,
             rollover_cap_nanousd=rollover_cap_usd,
             no_rollover=no_rollover,
+            thresholds=percents,
         )
         try:
             if model is not None:

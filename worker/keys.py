@@ -12,9 +12,10 @@ the org (``bw:{o:O}:org:``), its teams (``bw:{o:O}:t:T:``) and users
 (``bw:{o:O}:u:U:``); a user's limit on a model is ``<user prefix>m:M:``. The
 directory ``{bw:dir}`` (which org a user or team belongs to) and the indexes
 (``{bw:users}``, ``{bw:teams}``, ``{bw:orgs}``) have slots of their own and are never
-touched by a script. A team's members and an organisation's direct members are indexed
-in the organisation's slot (``<team or org prefix>members``), by the scripts that change
-membership.
+touched by a slot script; nor is the outbox index ``{bw:outbox}`` (slots whose outbox
+may hold threshold events, see ``worker/ledger/outbox.py``). A team's members and an
+organisation's direct members are indexed in the organisation's slot (``<team or org
+prefix>members``), by the scripts that change membership.
 
 Two keys are completed inside Lua, because their last part is only known there:
 the spend key of a period (``spend_prefix`` + the period id computed from Redis's
@@ -34,6 +35,8 @@ USERS_INDEX = "{bw:users}"
 TEAMS_INDEX = "{bw:teams}"
 ORGS_INDEX = "{bw:orgs}"
 DIRECTORY = "{bw:dir}"
+OUTBOX_INDEX = "{bw:outbox}"
+OUTBOX_SWEEP = "{bw:outbox}:sweep"
 
 # Job ids the contract allows ([A-Za-z0-9._:-], 1-128 chars) are used as they are,
 # readable in redis-cli; anything else is hashed. "~" is outside the allowed set, so a
@@ -118,6 +121,12 @@ class Slot:
     @property
     def leases(self) -> str:
         return self.prefix + "leases"
+
+    @property
+    def outbox(self) -> str:
+        """The slot's stream of decided threshold events not yet published (common.lua
+        builds the same name: SLOT..'outbox')."""
+        return self.prefix + "outbox"
 
     @property
     def is_org(self) -> bool:

@@ -131,6 +131,16 @@ class Metrics:
         self.assigned = Gauge(
             "bw_partitions_assigned", "Partitions this process consumes.", registry=r
         )
+        self.budget_events = Counter(
+            "bw_budget_events_published",
+            "budget.threshold_crossed events published (copies of one event included).",
+            registry=r,
+        )
+        self.outbox_backlog = Gauge(
+            "bw_budget_outbox_slots",
+            "Slots the outbox index listed at this process's last sweep.",
+            registry=r,
+        )
         self.redis_up.set(1)
 
     def charged(self, model: str, nanousd: int) -> None:

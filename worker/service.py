@@ -8,7 +8,7 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from worker import ledger, startup, tracing
 from worker.connections import check_kafka
@@ -23,6 +23,7 @@ from worker.parking import Parker
 from worker.pricebook import price_of
 from worker.provider import Provider
 from worker.publisher import KafkaPublisher
+from worker.relay import OutboxRelay
 from worker.settings import Settings
 from worker.spend import SpendPath
 from worker.topics import check_topics
@@ -55,9 +56,18 @@ async def serve(
     gate = LedgerGate(settings.redis_retry_s, on_change=lambda up: metrics.redis_up.set(int(up)))
     watcher_of_ledger = asyncio.create_task(gate.watch(ledger_.ping), name="ledger-gate")
     leases = LeaseKeeper(ledger_, settings.lease_ms)
-    spend = spend_path(settings, ledger_, Provider.from_settings(settings), leases, gate, metrics)
     publisher = KafkaPublisher(settings)
     parker = Parker(settings, ledger_.park_list(), gate, metrics)
+    relay = OutboxRelay(
+        ledger_,
+        publisher,
+        settings.budget_events_topic,
+        metrics,
+        sweep_s=settings.outbox_sweep_s,
+    )
+    spend = spend_path(
+        settings, ledger_, Provider.from_settings(settings), leases, gate, metrics, relay.kick
+    )
     consumer = JobConsumer(
         settings,
         JobPath(settings, spend, models, metrics),
@@ -75,6 +85,7 @@ async def serve(
         watcher = asyncio.create_task(_stop_when_set(stop, consumer))
     await health.start(settings.metrics_host, settings.metrics_port)
     await publisher.start()
+    sweeper = asyncio.create_task(relay.run(), name="outbox-sweeper")
     freeze_start_up_objects()
     log.info(
         "worker started",
@@ -96,7 +107,9 @@ async def serve(
         if stop is not None:
             watcher.cancel()
         watcher_of_ledger.cancel()
+        sweeper.cancel()
         await leases.stop()
+        await relay.stop()
         await publisher.stop()
         await ledger_.close()
         await health.stop()
@@ -112,6 +125,7 @@ def spend_path(
     leases: LeaseKeeper,
     gate: LedgerGate,
     metrics: Metrics,
+    on_thresholds: Callable[[str], None] | None = None,
 ) -> SpendPath:
     return SpendPath(
         ledger_,
@@ -122,6 +136,7 @@ def spend_path(
         holder_prefix=settings.worker_id,
         admission_policy=settings.admission_policy,
         clamp_min_tokens=settings.clamp_min_tokens,
+        on_thresholds=on_thresholds,
     )
 
 

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     jobs_topic: str = "llm.jobs"
     results_topic: str = "llm.results"
     dlq_topic: str = "llm.jobs.dlq"
+    budget_events_topic: str = Field(
+        default="llm.budget-events",
+        description="Where budget.threshold_crossed events are published, keyed by scope.",
+    )
     group_id: str = "budget-worker"
     reply_to_pattern: str = Field(
         default=r"^llm\.results(\.[A-Za-z0-9_-]{1,100})?$",
@@ -149,6 +153,14 @@ class Settings(BaseSettings):
         ),
     )
     drain_timeout_s: float = Field(default=10.0, ge=0, description="Rebalance drain bound.")
+    outbox_sweep_s: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "How often some worker publishes threshold events left in an outbox (by a "
+            "worker that died after deciding them, or by a settle outside any worker)."
+        ),
+    )
     shutdown_grace_s: float = Field(default=25.0, ge=0)
     outcome_ttl_s: int = Field(default=7 * 86_400, gt=0, description="Charge markers kept.")
     redis_retry_s: float = Field(default=1.0, gt=0, description="Pause between Redis probes.")

@@ -182,6 +182,7 @@ class SpendPath:
         holder_prefix: str,
         admission_policy: AdmissionPolicy = "reject",
         clamp_min_tokens: int = 16,
+        on_thresholds: Callable[[str], None] | None = None,
     ) -> None:
         self.ledger = ledger_
         self.provider = provider
@@ -191,6 +192,9 @@ class SpendPath:
         self.holder_prefix = holder_prefix
         self.admission_policy = admission_policy
         self.clamp_min_tokens = clamp_min_tokens
+        self.on_thresholds = on_thresholds
+        """Called with the user id after a settle that crossed spend thresholds (their
+        events wait in the ledger's outbox: see ``worker.relay``)."""
 
     async def run(
         self, request: Request, outcomes: Outcomes, *, idle: IdleHook | None = None
@@ -344,6 +348,8 @@ class SpendPath:
         charge = self._charge(completion, admitted.estimate, entry)
         outcome = outcomes.succeeded(completion, charge)
         settled = await _shielded(self._settle(request, holder, charge, outcome))
+        if settled.thresholds_crossed and self.on_thresholds is not None:
+            self.on_thresholds(request.user_id)
         if settled.first:
             self.metrics.charged(entry.name, settled.charged_nanousd)
         return Charged(completion, charge, settled, admitted.estimate, model_ms)

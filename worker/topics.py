@@ -1,10 +1,11 @@
-"""The worker's three topics: created once (``budget-worker topics create``), checked at
+"""The worker's four topics: created once (``budget-worker topics create``), checked at
 every start (:func:`check_topics`).
 
 A worker that starts without its topics does nothing useful and says nothing: the jobs
 topic missing leaves it idle in its group, the results topic missing makes every
 waiting producer fail, a missing dead-letter topic blocks the partition of the first
-undecodable record. So the worker refuses to start until all three exist, with a
+undecodable record, a missing budget events topic leaves threshold events waiting in
+Redis. So the worker refuses to start until all four exist, with a
 message naming each missing one and the command that creates it.
 
 Both go through Kafka's admin protocol (aiokafka's admin client, with the options of
@@ -61,11 +62,13 @@ class TopicState:
 
 
 def worker_topics(settings: Settings, partitions: int = DEFAULT_PARTITIONS) -> list[Topic]:
-    """Jobs and results with ``partitions`` each; the dead-letter topic with one."""
+    """Jobs, results and budget events with ``partitions`` each; the dead-letter topic
+    with one."""
     return [
         Topic(settings.jobs_topic, "BW_JOBS_TOPIC", partitions),
         Topic(settings.results_topic, "BW_RESULTS_TOPIC", partitions),
         Topic(settings.dlq_topic, "BW_DLQ_TOPIC", 1, {"retention.ms": str(DLQ_RETENTION_MS)}),
+        Topic(settings.budget_events_topic, "BW_BUDGET_EVENTS_TOPIC", partitions),
     ]
 
 

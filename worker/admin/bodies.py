@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, 
 
 from schemas.jobs import UserId
 from worker import ledger
-from worker.ledger.types import MAX_TIME_MS, MAX_WINDOW_S
+from worker.ledger.types import MAX_THRESHOLDS, MAX_TIME_MS, MAX_WINDOW_S
 from worker.timestamps import rfc3339
 
 KINDS: dict[str, ledger.types.ScopeKind] = {"users": "user", "teams": "team", "orgs": "org"}
@@ -50,6 +50,17 @@ class BudgetBody(_Body):
         Annotated[int, Field(ge=1, le=ledger.MAX_AMOUNT_NANOUSD, strict=True)] | None
     ) = None
 
+    thresholds: list[Annotated[int, Field(ge=1, le=100, strict=True)]] | None = Field(
+        default=None, max_length=MAX_THRESHOLDS
+    )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds_ascend(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and value != sorted(set(value)):
+            raise ValueError("must be distinct and ascending")
+        return value
+
     @field_validator("rollover_cap_nanousd")
     @classmethod
     def _rollover_needs_a_period(cls, value: int | None, info: ValidationInfo) -> int | None:
@@ -77,6 +88,7 @@ class BudgetBody(_Body):
             rpm=self.rpm,
             tpm=self.tpm,
             rollover_cap_nanousd=self.rollover_cap_nanousd,
+            thresholds=None if self.thresholds is None else tuple(self.thresholds),
         )
 
 
@@ -137,6 +149,7 @@ def budget_json(budget: ledger.Budget) -> dict[str, Any]:
         "rpm": budget.rpm,
         "tpm": budget.tpm,
         "rollover_cap_nanousd": budget.rollover_cap_nanousd,
+        "thresholds": None if budget.thresholds is None else list(budget.thresholds),
     }
 
 

@@ -69,6 +69,7 @@ class LocalSystem:
     jobs_topic: str
     results_topic: str
     dlq_topic: str
+    budget_events_topic: str
     fake_provider_url: str | None
 
     def environment(self) -> dict[str, str]:
@@ -80,6 +81,7 @@ class LocalSystem:
             "BW_JOBS_TOPIC": self.jobs_topic,
             "BW_RESULTS_TOPIC": self.results_topic,
             "BW_DLQ_TOPIC": self.dlq_topic,
+            "BW_BUDGET_EVENTS_TOPIC": self.budget_events_topic,
             # litellm reads its bundled cost map instead of fetching one at import.
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         }
@@ -100,7 +102,7 @@ def banner(system: LocalSystem) -> list[str]:
     return [
         f"Kafka-protocol broker on {system.kafka_bootstrap}, Redis on {system.redis_url}, "
         f"{serving}; topics {system.jobs_topic}, {system.results_topic}, "
-        f"{system.dlq_topic}. Everything is in memory.",
+        f"{system.dlq_topic}, {system.budget_events_topic}. Everything is in memory.",
         "",
         "Paste into another shell:",
         "",
@@ -184,6 +186,7 @@ async def _start(
         jobs_topic=settings.jobs_topic,
         results_topic=settings.results_topic,
         dlq_topic=settings.dlq_topic,
+        budget_events_topic=settings.budget_events_topic,
         fake_provider_url=fake_url,
     )
     return system, [("broker", kafka), ("Redis", redis)]

@@ -23,6 +23,7 @@ from worker.ledger.connection import Connection, RedisClient, client_from_url, t
 from worker.ledger.credits import CreditOps
 from worker.ledger.idempotency import IdempotencyRecords
 from worker.ledger.membership import MembershipOps
+from worker.ledger.outbox import OutboxOps
 from worker.ledger.park import ParkList
 from worker.ledger.runs import RunOps
 from worker.ledger.scopes import opt, snapshot, text, utf8
@@ -46,7 +47,7 @@ from worker.ledger.types import (
 from worker.settings import Settings
 
 
-class Ledger(MembershipOps, CreditOps, RunOps):
+class Ledger(MembershipOps, CreditOps, RunOps, OutboxOps):
     """Budgets, reservations, rate limits and credits of every scope, over one Redis.
 
     ``charge_ttl_s`` is how long a final job record (the charge marker that stops a
@@ -94,6 +95,7 @@ class Ledger(MembershipOps, CreditOps, RunOps):
         self._directory_ttl_s = directory_ttl_s
         self._clock_ms = clock_ms
         self._slots: dict[str, tuple[float, keys.Slot]] = {}
+        self._outbox_marks: dict[str, float] = {}
 
     @classmethod
     def from_url(
@@ -329,15 +331,19 @@ class Ledger(MembershipOps, CreditOps, RunOps):
                 keys.encode_id(model),
                 "1" if slot.is_org else "0",
             ]
+            # Before the script: a threshold it decides is then always findable by the
+            # sweepers, even if this process dies right after (worker.ledger.outbox).
+            await self.mark_outbox(slot)
             return await self.conn.run("settle", self._job_keys(slot, job_id), args)
 
         reply = await self._in_slot(user_id, step)
-        first, charged, has_outcome, stored, limit, spent, reserved, end, rem = reply
+        first, charged, has_outcome, stored, limit, spent, reserved, end, rem, crossed = reply
         return Settled(
             charged_nanousd=int(charged),
             first=bool(first),
             outcome=bytes(stored) if has_outcome else None,
             snapshot=snapshot(limit, spent, reserved, end, rem),
+            thresholds_crossed=int(crossed),
         )
 
     async def release(

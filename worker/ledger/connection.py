@@ -73,6 +73,8 @@ CAUGHT = (redis_errors.RedisError, redis_errors.RedisClusterException, OSError)
 _STANDALONE = (
     "delete",
     "mark_indexed",
+    "outbox_mark",
+    "outbox_forget",
     "park",
     "park_claim",
     "park_again",

@@ -79,7 +79,21 @@ def pairs(reply: Any) -> list[tuple[bytes, bytes]]:
     return [(reply[i], reply[i + 1]) for i in range(0, len(reply), 2)]
 
 
-def _budget(fields: list[Any]) -> Budget:
+def thresholds_arg(thresholds: tuple[int, ...] | None) -> str:
+    """set_budget.lua's ARGV[14]: '' for the default, else the percents, and '-' for
+    none at all."""
+    if thresholds is None:
+        return ""
+    return " ".join(str(pct) for pct in thresholds) or "-"
+
+
+def _thresholds(raw: bytes | None) -> tuple[int, ...] | None:
+    if not raw:
+        return None
+    return tuple(int(part) for part in text(raw).split() if part.isdigit())
+
+
+def _budget(fields: list[Any], thresholds: bytes | None = None) -> Budget:
     limit, period, window_s, _start, rpm, tpm, rollover = fields
     name = text(period) if period else "none"
     if name not in PERIODS:
@@ -91,6 +105,7 @@ def _budget(fields: list[Any]) -> Budget:
         rpm=_opt_int(rpm),
         tpm=_opt_int(tpm),
         rollover_cap_nanousd=_opt_int(rollover),
+        thresholds=_thresholds(thresholds),
     )
 
 
@@ -227,6 +242,7 @@ class ScopeOps:
             parent,
             model_token,
             opt(budget.rollover_cap_nanousd),
+            thresholds_arg(budget.thresholds),
         ]
         await self.conn.run("set_budget", [slot.leases], args)
 
@@ -267,9 +283,9 @@ class ScopeOps:
             grants = await self.conn.command("HLEN", prefix + "grants")
             if not grants:
                 return None
-        rollover, carried = reply[16:18]
-        models = reply[18:]
-        budget = _budget([limit, period, window_s, start, rpm, tpm, rollover])
+        rollover, carried, thresholds = reply[16:19]
+        models = reply[19:]
+        budget = _budget([limit, period, window_s, start, rpm, tpm, rollover], thresholds)
         room = (budget.limit_nanousd or 0) + int(carried) - (int(spent) - int(drawn)) + int(credits)
         return BudgetState(
             scope=scope,

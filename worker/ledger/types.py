@@ -21,6 +21,8 @@ MAX_RATE = 10**9  # per minute
 MAX_LEASE_MS = 10**10
 MAX_WINDOW_S = 10**9
 MAX_TIME_MS = 10**14  # year 5138: effective and expiry times of grants
+DEFAULT_THRESHOLDS = (50, 80, 95, 100)  # common.lua's DEFAULT_THRESHOLDS
+MAX_THRESHOLDS = 10
 
 
 def check_int(name: str, value: int, low: int, high: int) -> None:
@@ -28,6 +30,19 @@ def check_int(name: str, value: int, low: int, high: int) -> None:
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if not low <= value <= high:
         raise ValueError(f"{name} must be between {low} and {high}, not {value}")
+
+
+def check_thresholds(values: tuple[int, ...]) -> None:
+    """At most ``MAX_THRESHOLDS`` distinct percents of 1-100 in ascending order, so each
+    settle does bounded work and a scope's events arrive in the order they are crossed."""
+    if not isinstance(values, tuple):
+        raise TypeError("thresholds must be a tuple of ints")
+    for value in values:
+        check_int("threshold", value, 1, 100)
+    if list(values) != sorted(set(values)):
+        raise ValueError("thresholds must be distinct and ascending")
+    if len(values) > MAX_THRESHOLDS:
+        raise ValueError(f"at most {MAX_THRESHOLDS} thresholds")
 
 
 def check_id(name: str, value: str) -> None:
@@ -64,7 +79,9 @@ class Budget:
     """A scope's limits. ``limit_nanousd`` of ``None`` means no USD limit (a team with a
     rate limit only; a prepaid scope that spends its credits only); ``window_s`` is
     required for ``rolling`` and ``None`` otherwise; ``rpm``/``tpm`` of ``None`` mean
-    no such limit."""
+    no such limit. ``thresholds`` are the percents of the USD limit whose crossing in
+    a period is published once (``budget.threshold_crossed``); ``None`` means
+    ``DEFAULT_THRESHOLDS``, ``()`` none."""
 
     limit_nanousd: int | None
     period: Period = "daily"
@@ -74,6 +91,7 @@ class Budget:
     rollover_cap_nanousd: int | None = None
     """Unused allowance of a period carried into the next one, at most this much
     (``None``: none carries). Needs a USD limit and a period other than ``none``."""
+    thresholds: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.limit_nanousd is not None:
@@ -91,9 +109,14 @@ class Budget:
         if self.tpm is not None:
             check_int("tpm", self.tpm, 1, MAX_RATE)
         if self.rollover_cap_nanousd is not None:
-            check_int("rollover_cap_nanousd", self.rollover_cap_nanousd, 1, MAX_AMOUNT_NANOUSD)
-            if self.limit_nanousd is None or self.period == "none":
-                raise ValueError("rollover needs a USD limit and a period other than none")
+            self._check_rollover(self.rollover_cap_nanousd)
+        if self.thresholds is not None:
+            check_thresholds(self.thresholds)
+
+    def _check_rollover(self, cap: int) -> None:
+        check_int("rollover_cap_nanousd", cap, 1, MAX_AMOUNT_NANOUSD)
+        if self.limit_nanousd is None or self.period == "none":
+            raise ValueError("rollover needs a USD limit and a period other than none")
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,12 +302,15 @@ class Finished:
 class Settled:
     """The job is charged. ``first`` is False when an earlier settle had charged it: then
     ``charged_nanousd``, ``outcome`` and ``snapshot`` are that settle's, unchanged.
-    ``outcome`` is the first stored outcome, which may predate this settle."""
+    ``outcome`` is the first stored outcome, which may predate this settle.
+    ``thresholds_crossed`` is how many spend thresholds this settle crossed: each is an
+    event waiting in the slot's outbox (see ``worker.ledger.outbox``)."""
 
     charged_nanousd: int
     first: bool
     outcome: bytes | None
     snapshot: PeriodSnapshot
+    thresholds_crossed: int = 0
 
 
 @dataclass(frozen=True, slots=True)

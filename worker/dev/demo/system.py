@@ -103,10 +103,15 @@ async def start_system(
         redis.start()
         redis_url = redis.url
         progress.step(f"Redis-compatible server on {redis_url}")
-        topics = Topics("llm.jobs", "llm.results", "llm.jobs.dlq")
+        topics = Topics("llm.jobs", "llm.results", "llm.jobs.dlq", "llm.budget-events")
     else:
         kafka, redis_url = servers.kafka, servers.redis_url
-        topics = Topics(f"demo.jobs.{run_id}", f"llm.results.demo-{run_id}", f"demo.dlq.{run_id}")
+        topics = Topics(
+            f"demo.jobs.{run_id}",
+            f"llm.results.demo-{run_id}",
+            f"demo.dlq.{run_id}",
+            f"demo.budget-events.{run_id}",
+        )
     topics.create(kafka, partitions=max(6, 2 * options.workers), results_partitions=3)
     progress.step(f"topics {topics.jobs}, {topics.results}, {topics.dlq}")
 

@@ -24,11 +24,12 @@ READY_TIMEOUT_S = 90.0
 
 @dataclass(frozen=True, slots=True)
 class Topics:
-    """A worker's three topics."""
+    """A worker's four topics."""
 
     jobs: str
     results: str
     dlq: str
+    budget_events: str
 
     @classmethod
     def fresh(cls, kafka: EmbeddedKafka, partitions: int = 3, prefix: str = "") -> Topics:
@@ -36,7 +37,10 @@ class Topics:
         the default ``reply_to`` pattern allows)."""
         suffix = uuid.uuid4().hex[:10]
         topics = cls(
-            f"{prefix}jobs.{suffix}", f"llm.results.{prefix}{suffix}", f"{prefix}dlq.{suffix}"
+            f"{prefix}jobs.{suffix}",
+            f"llm.results.{prefix}{suffix}",
+            f"{prefix}dlq.{suffix}",
+            f"{prefix}budget-events.{suffix}",
         )
         topics.create(kafka, partitions)
         return topics
@@ -47,6 +51,7 @@ class Topics:
         kafka.create_topic(self.jobs, partitions)
         kafka.create_topic(self.results, results_partitions or partitions)
         kafka.create_topic(self.dlq, 1)
+        kafka.create_topic(self.budget_events, partitions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +138,7 @@ def worker_env(
         "BW_JOBS_TOPIC": topics.jobs,
         "BW_RESULTS_TOPIC": topics.results,
         "BW_DLQ_TOPIC": topics.dlq,
+        "BW_BUDGET_EVENTS_TOPIC": topics.budget_events,
         "BW_GROUP_ID": f"group-{topics.jobs}",
     }
     env.update({f"BW_{key.upper()}": str(value) for key, value in settings.items()})

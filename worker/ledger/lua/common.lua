@@ -126,7 +126,7 @@ end
 local function read_budget(p)
   local b = redis.call('HMGET', p .. 'budget', 'limit_nanousd', 'period', 'window_s',
     'start_ms', 'rpm', 'tpm', 'indexed', 'label', 'team', 'moved_to', 'moving_until', 'user_id',
-    'moved_from', 'moved_at', 'rollover', 'rollover_since')
+    'moved_from', 'moved_at', 'rollover', 'rollover_since', 'thresholds')
   if not (b[1] or b[2] or b[5] or b[6] or b[8] or b[9] or b[10] or b[12]) then
     return nil
   end
@@ -138,7 +138,7 @@ local function read_budget(p)
     needs_index = (b[7] == '0') and 1 or 0,
     label = b[8] or (b[12] and ('user:' .. b[12])) or '', team = b[9], moved_to = b[10],
     moving_until = tonumber(b[11]), moved_from = b[13], moved_at = tonumber(b[14]),
-    rollover = tonumber(b[15]), rollover_since = tonumber(b[16]),
+    rollover = tonumber(b[15]), rollover_since = tonumber(b[16]), thresholds = b[17],
   }
 end
 
@@ -498,6 +498,51 @@ local function remaining_of(b, spent_s, reserved_s, p, period_id, now)
   return istr(room)
 end
 
+-- ---- spend thresholds and the slot's outbox ----------------------------------------
+-- A scope with a USD limit (not a run: its cap is a task's, not a budget's) has
+-- thresholds, percents of its limit ('thresholds' in its budget record, e.g.
+-- '50 80 95 100'; absent: DEFAULT_THRESHOLDS). The charge that brings a period's spent
+-- to a threshold's amount or past it decides the crossing: the field 'th:<pct>' of the
+-- period's spend hash is its marker, written with HSETNX, so exactly one script decides
+-- each (scope, period, threshold), whatever the concurrency; a repeated settle charges
+-- nothing and decides nothing. A reset keeps the markers: each crossing is once per
+-- period. The decision appends an event record to the slot's outbox (a stream in the
+-- same slot, so on Redis Cluster it is written in the same atomic step); the worker
+-- publishes it to Kafka and then deletes it. The record's id is derived from the
+-- scope's label, the period id and the percent, so every copy of one crossing (a
+-- republished record, a record decided again after the user moved slots) has one id.
+
+local DEFAULT_THRESHOLDS = '50 80 95 100'
+local OUTBOX = SLOT .. 'outbox'
+local OUTBOX_MAXLEN = '100000' -- bounded even when no worker ever drains it
+local decided = 0                -- threshold records this script appended
+
+-- The amount at which `pct` percent of `limit` is reached: ceil(limit * pct / 100),
+-- computed so that no intermediate exceeds 2^53 (limit <= 10^15).
+local function threshold_amount(limit, pct)
+  local whole = math.floor(limit / 100)
+  return whole * pct + math.ceil((limit - whole * 100) * pct / 100)
+end
+
+local function cross_thresholds(p, b, spend_key, period_id, period_end, spent, reserved_s, now)
+  if not b or not b.limit or b.limit <= 0 or is_run(p) then
+    return
+  end
+  for pct_s in string.gmatch(b.thresholds or DEFAULT_THRESHOLDS, '%d+') do
+    local pct = tonumber(pct_s)
+    if spent >= threshold_amount(b.limit, pct)
+        and redis.call('HSETNX', spend_key, 'th:' .. pct_s, istr(now)) == 1 then
+      local id = string.sub(redis.sha1hex(b.label .. '|' .. period_id .. '|' .. pct_s), 1, 32)
+      redis.call('XADD', OUTBOX, 'MAXLEN', '~', OUTBOX_MAXLEN, '*', 'event', cjson.encode({
+        id = id, scope = b.label, limit = 'usd', period_id = period_id,
+        period_end = istr(period_end), threshold_pct = pct_s, spent = istr(spent),
+        reserved = reserved_s, cap = b.limit_s, at = istr(now),
+      }))
+      decided = decided + 1
+    end
+  end
+end
+
 -- Charge `cost_s` to scope p (budget record b, or nil) in `period_id`: spent (and
 -- per-model spend) grows, and what the period allowance does not cover is drawn from
 -- credits, in their order. Answers the new spent, and the scope's remaining after it
@@ -516,6 +561,7 @@ local function charge(p, b, period_id, period_end, cost_s, reserved_s, model, en
   if not b then
     return spent, '0'
   end
+  cross_thresholds(p, b, spend_key, period_id, period_end, spent, reserved_s, now)
   local grants = live_grants(p, now)
   local drawn = tonumber(drawn_s)
   local carried = carried_in(p, period_id)

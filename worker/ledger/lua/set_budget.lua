@@ -14,6 +14,8 @@
 --            move takes it along)
 --   ARGV[13] the rollover cap (nano-USD of unused allowance carried into the next
 --            period), or '' for no rollover
+--   ARGV[14] spend thresholds, percents of the USD limit separated by spaces
+--            ('50 80 95 100'), or '' for the default (common.lua, DEFAULT_THRESHOLDS)
 -- Returns 1 when the scope was created, 0 when an existing one was changed.
 -- Idempotent: setting the same limits twice is one change. Spend is kept: it lives in
 -- the period's spend hash, which this script does not touch; membership (team) and
@@ -53,6 +55,11 @@ if ARGV[6] == '' then
   redis.call('HDEL', key, 'limit_nanousd')
 else
   redis.call('HSET', key, 'limit_nanousd', ARGV[6])
+end
+if ARGV[14] == '' then
+  redis.call('HDEL', key, 'thresholds')
+else
+  redis.call('HSET', key, 'thresholds', ARGV[14])
 end
 if ARGV[11] ~= '' then
   local parent = ARGV[11] .. 'budget'

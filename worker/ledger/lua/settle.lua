@@ -15,8 +15,9 @@
 --            the job would take now)
 -- ... or {5, slot tag} when the job has no record and its user moved to that slot.
 -- Returns {first(0|1), charged_nanousd, has_outcome, outcome|'',
---          limit_nanousd, spent, reserved, period_end_ms(-1 none), remaining}
---   the snapshot is the user's, of the period charged.
+--          limit_nanousd, spent, reserved, period_end_ms(-1 none), remaining, decided}
+--   the snapshot is the user's, of the period charged; `decided` is how many spend
+--   thresholds this settle crossed, each appended to the slot's outbox (common.lua).
 -- Idempotent per holder: every holder's call is charged once (the field 'c:<holder>' of
 -- the job hash is its charge marker); a repeat answers first = 0 with that charge and
 -- changes nothing. The holder of the live reservation moves it to spent at the actual
@@ -46,7 +47,7 @@ local state, job_holder = job[1], job[2]
 if job[7] then
   local outcome = redis.call('GET', KEYS[3])
   return {0, job[7], outcome and 1 or 0, outcome or '', job[8] or '0', job[9] or '0',
-    job[10] or '0', job[6] or '-1', job[13] or '0'}
+    job[10] or '0', job[6] or '-1', job[13] or '0', 0}
 end
 
 local path, periods
@@ -145,4 +146,4 @@ if state ~= 'reserved' or own then
   end
   redis.call('PEXPIRE', KEYS[2], istr(KEEP_MS))
 end
-return {1, cost_s, 1, outcome, limit_s, spent, reserved, period_end, remaining}
+return {1, cost_s, 1, outcome, limit_s, spent, reserved, period_end, remaining, decided}

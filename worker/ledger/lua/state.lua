@@ -6,7 +6,8 @@
 -- Returns {0} when the scope has no record, else
 --   {1, limit_nanousd|'', period, window_s|'', start_ms|'', rpm|'', tpm|'',
 --    period_id, period_end_ms(-1 none), spent, reserved, drawn, credits, team|'', label,
---    moved_to|'', rollover cap|'', carried, model_1, spent_1, model_2, spent_2, ...}
+--    moved_to|'', rollover cap|'', carried, thresholds|'', model_1, spent_1, model_2,
+--    spent_2, ...}
 --   (carried: what the previous period left, carried into this one; then per-model spend)
 -- Changes nothing but reclaiming expired leases and writing off expired credits, so
 -- `reserved` and `credits` are current.
@@ -26,7 +27,8 @@ local carried = carry_into(budget, now)
 local credits = credits_of(live_grants(p, now))
 local reply = {1, b[1] or '', b[2] or 'none', b[3] or '', b[4] or '', b[5] or '', b[6] or '',
   period_id, period_end, '0', '0', '0', istr(credits), budget.team or '', budget.label,
-  budget.moved_to or '', budget.rollover and istr(budget.rollover) or '', istr(carried)}
+  budget.moved_to or '', budget.rollover and istr(budget.rollover) or '', istr(carried),
+  budget.thresholds or ''}
 local fields = redis.call('HGETALL', p .. 'spend:' .. period_id)
 for i = 1, #fields, 2 do
   local name = fields[i]
