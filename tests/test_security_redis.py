@@ -364,6 +364,7 @@ async def test_the_worker_refuses_to_start_with_credentials_redis_rejects(
         jobs_topic=topics.jobs,
         results_topic=topics.results,
         dlq_topic=topics.dlq,
+        budget_events_topic=topics.budget_events,
         metrics_port=0,
     )
     stop = asyncio.Event()

@@ -36,7 +36,7 @@ TEAMS_INDEX = "{bw:teams}"
 ORGS_INDEX = "{bw:orgs}"
 DIRECTORY = "{bw:dir}"
 OUTBOX_INDEX = "{bw:outbox}"
-OUTBOX_SWEEP = "{bw:outbox}:sweep"
+OUTBOX_SWEEP = "bw:{bw:outbox}:sweep"  # bw:* like every key the worker ACL grants
 
 # Job ids the contract allows ([A-Za-z0-9._:-], 1-128 chars) are used as they are,
 # readable in redis-cli; anything else is hashed. "~" is outside the allowed set, so a
