@@ -5,12 +5,13 @@ in-process over a real Redis."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -263,3 +264,29 @@ async def answer(kafka: EmbeddedKafka, topics: Topics, count: int, copies: int =
 def nowhere() -> str:
     """A loopback address nothing listens on."""
     return f"127.0.0.1:{free_port()}"
+
+
+class Clock:
+    """A fixed clock for ``Ledger(clock_ms=...)`` that a test moves by hand (grant
+    expiry, period ends, lease lapses)."""
+
+    def __init__(self, now_ms: int) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+@contextlib.asynccontextmanager
+async def ledger_on(request: Any, clock: Clock) -> AsyncIterator[Ledger]:
+    """A ledger on the real Redis or the real Redis Cluster, by the fixture's param
+    (``"redis"`` or ``"cluster"``), keeping time by ``clock``."""
+    if request.param == "redis":
+        url, cluster = request.getfixturevalue("redis_url"), False
+    else:
+        url, cluster = request.getfixturevalue("redis_cluster").url, True
+    book = Ledger.from_url(url, cluster=cluster, clock_ms=clock)
+    try:
+        yield book
+    finally:
+        await book.close()

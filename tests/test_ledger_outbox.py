@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.support import Clock, ledger_on
 from worker import keys
 from worker.ledger import Budget, Ledger, Reserved, Scope
 from worker.ledger.outbox import OutboxRecord
@@ -21,30 +22,15 @@ DAY, NEXT_DAY, MONTH = "2030-03-17", "2030-03-18", "2030-03"
 LIMIT = 100_000
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now_ms = T0
-
-    def __call__(self) -> int:
-        return self.now_ms
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture(params=["redis", "cluster"])
 async def ledger(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[Ledger]:
-    if request.param == "redis":
-        url, cluster = request.getfixturevalue("redis_url"), False
-    else:
-        url, cluster = request.getfixturevalue("redis_cluster").url, True
-    book = Ledger.from_url(url, cluster=cluster, clock_ms=clock)
-    try:
+    async with ledger_on(request, clock) as book:
         yield book
-    finally:
-        await book.close()
 
 
 @pytest.fixture
