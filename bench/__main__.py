@@ -27,6 +27,7 @@ BENCHMARKS = [
     "recovery",
     "scopes",
     "estimate",
+    "parking",
 ]
 
 
