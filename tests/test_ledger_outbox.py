@@ -13,6 +13,7 @@ import pytest
 
 from tests.support import Clock, ledger_on
 from worker import keys
+from worker.errors import LedgerUnavailable
 from worker.ledger import Budget, Ledger, Reserved, Scope
 from worker.ledger.outbox import OutboxRecord
 
@@ -141,3 +142,21 @@ async def test_the_slot_is_indexed_before_its_first_record(ledger: Ledger, ids: 
     await ledger.delete_outbox(slot, [r.entry_id for r in found])
     assert await ledger.outbox(slot) == []
     assert slot.outbox == keys.own_slot(user).outbox
+
+
+async def test_a_settle_does_not_wait_on_the_outbox_index(
+    ledger: Ledger, ids: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index may live on another Cluster node: when it cannot be reached, the charge
+    still lands and its crossing is still in the outbox (this process drains it)."""
+
+    async def unreachable(slot: keys.Slot) -> None:
+        raise LedgerUnavailable("the index's node is down")
+
+    monkeypatch.setattr(ledger, "mark_outbox", unreachable)
+    user = f"{ids}-u"
+    await ledger.set_budget(user, Budget(LIMIT, "daily"))
+    assert await spend(ledger, user, f"{ids}-j", LIMIT // 2) == 1
+    state = await ledger.state(user)
+    assert state is not None and state.snapshot.spent_nanousd == LIMIT // 2
+    assert crossed(await records(ledger, user)) == [(f"user:{user}", DAY, "50")]

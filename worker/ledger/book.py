@@ -13,12 +13,13 @@ way, asks to try again in a moment.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from schemas.money import usd_to_nanousd
 from worker import keys
-from worker.errors import LedgerError
+from worker.errors import LedgerError, LedgerUnavailable
 from worker.ledger.connection import Connection, RedisClient, client_from_url, translate
 from worker.ledger.credits import CreditOps
 from worker.ledger.idempotency import IdempotencyRecords
@@ -333,7 +334,10 @@ class Ledger(MembershipOps, CreditOps, RunOps, OutboxOps):
             ]
             # Before the script: a threshold it decides is then always findable by the
             # sweepers, even if this process dies right after (worker.ledger.outbox).
-            await self.mark_outbox(slot)
+            # Best effort: a charge never waits on the index (on Cluster, another node);
+            # without the mark, this process's own drain after the settle publishes it.
+            with contextlib.suppress(LedgerUnavailable):
+                await self.mark_outbox(slot)
             return await self.conn.run("settle", self._job_keys(slot, job_id), args)
 
         reply = await self._in_slot(user_id, step)
