@@ -30,7 +30,7 @@ from worker.ledger import Ledger, Scope
 SMALL = DemoOptions(
     users=3,
     concurrency=4,
-    calls_per_user=8,
+    calls_per_user=10,  # 10 calls cost more than the budget: each user is refused at least once
     workers=1,
     latency_ms=20,
     jitter_ms=20,
