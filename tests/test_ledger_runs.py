@@ -270,3 +270,33 @@ async def test_closing_a_run_whose_hold_late_settles_ate_keeps_what_is_left(
         1300,
     )
     assert await money(ledger, user) == (1300, 0)
+
+
+async def test_a_runs_jobs_take_and_settle_their_users_tpm(ledger: Ledger, ids: str) -> None:
+    """The hold covers USD only: each job of a run still takes the user's TPM at reserve
+    and settles it to the actual tokens (a refund when fewer were used)."""
+    user, the_run = f"{ids}-u", run(f"{ids}-r", cap=USD)
+    await ledger.set_budget(user, Budget(10 * USD, "daily", tpm=100))
+
+    async def job(n: int, tokens: int) -> ReserveResult:
+        return await ledger.reserve(
+            user,
+            f"{ids}-{n}",
+            cost_nanousd=1,
+            tokens=tokens,
+            lease_ms=60_000,
+            holder="w1",
+            model="gpt-x",
+            run=the_run,
+        )
+
+    assert isinstance(await job(1, 80), Reserved)
+    refused = await job(2, 80)
+    assert isinstance(refused, Refused) and (refused.limit, refused.scope) == (
+        "tpm",
+        f"user:{user}",
+    )
+    await ledger.settle(
+        user, f"{ids}-1", holder="w1", cost_nanousd=1, tokens=10, model="gpt-x", outcome=b"ok"
+    )
+    assert isinstance(await job(3, 80), Reserved)  # 10 used + 80 fits in 100

@@ -81,18 +81,17 @@ local limit_s, spent, reserved, period_end, remaining = '0', '0', '0', -1, '0'
 for i = 1, #path do
   local p, period_id = path[i], periods[i]
   local b = (i == 1) and user_b or read_budget(p)
-  if period_id == HELD then
-    -- Held by the job's run: charged below, through the run. Only TPM is settled here.
-    if own and b and b.tpm then
-      bucket_adjust(p .. 'tpm', b.tpm, now, tokens - held)
-    end
-  elseif (period_id == '-' or not period_id) and b then
+  if (period_id == '-' or not period_id) and b then
     -- Nothing was reserved in this scope (it had no budget record then): the call is
     -- charged to the period it is in now.
     period_id = budget_period(b, now)
     periods[i] = period_id
   end
-  if period_id == HELD then -- nothing here: charged through the run, below
+  if period_id == HELD then
+    -- Held by the job's run: its money is charged through the run, below; TPM here.
+    if own and b and b.tpm then
+      bucket_adjust(p .. 'tpm', b.tpm, now, tokens - held)
+    end
   elseif period_id == '-' or not period_id then
     periods[i] = '-' -- no budget record, then or now: nothing to charge here
   else
